@@ -1,0 +1,3 @@
+"""diffrun: run diffusion models from the command line."""
+
+__version__ = "0.1.0"

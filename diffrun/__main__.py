@@ -1,0 +1,3 @@
+from diffrun.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The typer application: one module per command, shared options, one stderr console."""

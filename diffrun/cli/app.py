@@ -1,0 +1,90 @@
+"""The `diffrun` entry point: the typer app, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from diffrun import __version__
+from diffrun.cli import console
+from diffrun.errors import DiffrunError, Exit
+
+try:  # typer >= 0.29 carries its own click
+    from typer import TyperException as CliError
+except ImportError:  # pragma: no cover - older typer on click
+    from click import ClickException as CliError
+
+app = typer.Typer(
+    name="diffrun",
+    help="Run diffusion models from the command line: inputs from paths, URLs or data URIs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"diffrun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", envvar="DIFFRUN_DEBUG", help="Show tracebacks for errors.")] = False,
+    version: Annotated[bool | None, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+) -> None:
+    console.State.debug = console.State.debug or debug
+
+
+def _register() -> None:
+    """Commands are small modules; importing them imports nothing heavy (torch stays lazy)."""
+    from diffrun.cli import batch, env, generate, inspect, tiny_model
+
+    for module in (generate, batch, inspect, tiny_model, env):
+        module.register(app)
+
+
+def _split_debug(args: list[str]) -> tuple[list[str], bool]:
+    """Accept --debug anywhere before `--`, so it can be added to any failing command line."""
+    if "--debug" not in args:
+        return args, False
+    cut = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:cut]:
+        return args, False
+    return [a for a in args[:cut] if a != "--debug"] + args[cut:], True
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    console.State.debug = debug or os.environ.get("DIFFRUN_DEBUG", "").lower() in ("1", "true", "yes")
+    _register()
+    try:
+        code = app(args=args, prog_name="diffrun", standalone_mode=False)
+    except DiffrunError as exc:
+        if console.State.debug:
+            console.err.print_exception()
+        console.error(exc.message, exc.hint)
+        code = int(exc.exit)
+    except CliError as exc:
+        exc.show(file=sys.stderr)
+        code = Exit.USAGE
+    except (KeyboardInterrupt, typer.Abort):
+        console.error("interrupted")
+        code = Exit.INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = Exit.OK
+    except Exception as exc:  # the last line of defence: a bug, reported in one line unless --debug
+        if console.State.debug:
+            raise
+        console.error(f"internal error: {type(exc).__name__}: {exc}", "run again with --debug for the traceback")
+        code = Exit.INTERNAL
+    sys.exit(int(code or 0))

@@ -1,0 +1,252 @@
+"""`diffrun batch MANIFEST`: many jobs, one model load, inputs prefetched, a results log, resume."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from diffrun.cli import console, options
+from diffrun.cli import model_options as mo
+from diffrun.cli.generate import Images, Inputs, Mask
+from diffrun.cli.options import OUTPUT, SAMPLING
+from diffrun.errors import Exit, UsageError
+from diffrun.jobs import Job
+
+BATCH = "Batch"
+DEFAULT_OUTPUT = "diffrun-batch"
+
+
+def output_plan(output: str | None, results: Path | None) -> tuple[Path, str | None, Path]:
+    """(output folder, name template or None, results log) from -o and --results.
+
+    `-o` is a folder unless it holds a `{field}`; then it is every job's name template and must hold
+    `{id}`. The results log defaults to results.jsonl in the folder (a template's fixed leading folder).
+    """
+    text = output or DEFAULT_OUTPUT
+    if text == "-":
+        raise UsageError("batch cannot write to stdout (-o -)", hint="give an output folder or a name template")
+    template = None
+    if "{" in text:
+        if "{id}" not in text:
+            raise UsageError(f"-o {text!r}: a batch name template needs {{id}} so jobs do not clash")
+        template = os.path.abspath(os.path.expanduser(text))
+        folder = Path(os.path.dirname(template.split("{", 1)[0]) or ".")
+    else:
+        folder = Path(text).expanduser().resolve()
+    log = results.expanduser().resolve() if results is not None else folder / "results.jsonl"
+    return folder, template, log
+
+
+def batch(
+    manifest: Annotated[str, typer.Argument(metavar="MANIFEST", help="JSON Lines or CSV manifest, or - for stdin.")],
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Default prompt of every row.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", "-n", help="Default negative prompt.")]
+    = None,
+    model: mo.Model = None,
+    image: Images = None,
+    mask: Mask = None,
+    input_: Inputs = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, rich_help_panel=SAMPLING)] = None,
+    guidance: Annotated[float | None, typer.Option("--guidance", rich_help_panel=SAMPLING)] = None,
+    strength: Annotated[float | None, typer.Option("--strength", min=0.0, max=1.0, rich_help_panel=SAMPLING)] = None,
+    seed: Annotated[list[int] | None, typer.Option(
+        "--seed", "-s", rich_help_panel=SAMPLING,
+        help="Base seed: a row without a seed gets SEED + its index (default 0; repeatable).")] = None,
+    num_images: Annotated[int | None, typer.Option("--num-images", min=1, rich_help_panel=SAMPLING)] = None,
+    width: Annotated[int | None, typer.Option("--width", "-W", min=8, rich_help_panel=SAMPLING)] = None,
+    height: Annotated[int | None, typer.Option("--height", "-H", min=8, rich_help_panel=SAMPLING)] = None,
+    frames: Annotated[int | None, typer.Option("--frames", min=1, rich_help_panel=SAMPLING)] = None,
+    fps: Annotated[int | None, typer.Option("--fps", min=1, rich_help_panel=OUTPUT)] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", rich_help_panel=SAMPLING,
+                                                    help="Default call argument KEY=VALUE (JSON value).")] = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", envvar="DIFFRUN_OUTPUT", rich_help_panel=OUTPUT,
+        help=f"Output folder (files named {{id}}.png), or a name template with {{id}} [default: {DEFAULT_OUTPUT}]."
+    )] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", rich_help_panel=OUTPUT,
+                                            help="Replace existing files.")] = False,
+    quality: Annotated[int | None, typer.Option("--quality", min=1, max=100, rich_help_panel=OUTPUT)] = None,
+    sidecar: Annotated[bool, typer.Option("--sidecar", rich_help_panel=OUTPUT,
+                                          help="Also write <output>.json with the recipe.")] = False,
+    results: Annotated[Path | None, typer.Option(
+        "--results", envvar="DIFFRUN_RESULTS", rich_help_panel=BATCH,
+        help="Results log, one JSON line per job [default: results.jsonl in the output folder].")] = None,
+    prefetch: Annotated[int, typer.Option("--prefetch", min=1, envvar="DIFFRUN_PREFETCH", rich_help_panel=BATCH,
+                                          help="Jobs whose inputs are loaded ahead of inference.")] = 4,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, envvar="DIFFRUN_BATCH_SIZE",
+                                            rich_help_panel=BATCH,
+                                            help="Compatible consecutive jobs run in one pipeline call.")] = 1,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", rich_help_panel=BATCH,
+                                               help="Also rerun jobs the results log records as failed.")] = False,
+    force: Annotated[bool, typer.Option("--force", rich_help_panel=BATCH,
+                                        help="Rerun every job, replacing its outputs.")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", rich_help_panel=BATCH,
+                                            help="Stop at the first failed job.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel=BATCH,
+                                          help="Check the manifest and load every input; no model, no files.")]
+    = False,
+    manifest_format: Annotated[str, typer.Option("--manifest-format", rich_help_panel=BATCH,
+                                                 help="auto, jsonl or csv.")] = "auto",
+    revision: mo.Revision = None,
+    variant: mo.Variant = None,
+    device: mo.Device = "auto",
+    dtype: mo.Dtype = "auto",
+    offload: mo.Offload = "none",
+    vae_tiling: mo.VaeTiling = False,
+    vae_slicing: mo.VaeSlicing = False,
+    attention_slicing: mo.AttentionSlicing = False,
+    compile_: mo.Compile = False,
+    scheduler: mo.Scheduler = None,
+    lora: mo.Lora = None,
+    json_out: options.Json = False,
+    quiet: options.Quiet = False,
+    progress: options.ProgressFlag = False,
+    save_inputs: options.SaveInputs = None,
+    timeout: options.Timeout = "30",
+    deadline: options.Deadline = "120",
+    retries: options.Retries = 3,
+    max_input_bytes: options.MaxInputBytes = "50MB",
+    max_pixels: options.MaxPixels = options.DEFAULT_MAX_PIXELS,
+    background: options.Background = "white",
+    allow_host: options.AllowHost = None,
+    block_private: options.BlockPrivate = False,
+) -> None:
+    """Run every row of a manifest (JSON Lines or CSV) with one model load.
+
+    Options give every row its defaults. Each job ends as one line in the results log; running the
+    same command again skips the jobs already done. Exit 0 all ok, 1 some failed, 2 bad manifest,
+    3 (--dry-run) some inputs failed, 130 interrupted.
+    """
+    from diffrun.engine import batch as engine
+    from diffrun.engine.signals import StopRequested
+    from diffrun.manifest import load_manifest
+
+    console.State.quiet = console.State.quiet or quiet
+    if manifest_format not in ("auto", "jsonl", "csv"):
+        raise UsageError(f"--manifest-format: {manifest_format!r} is not one of auto, jsonl, csv")
+    folder, template, log_path = output_plan(output, results)
+    defaults = Job(
+        prompt=prompt, negative_prompt=negative_prompt, image=list(image or []), mask=mask,
+        inputs=options.parse_inputs(input_), params=options.parse_params(param), seeds=list(seed or []),
+        steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames, fps=fps,
+        num_images=num_images, output=template,
+    )
+    if "-" in defaults.image or defaults.mask == "-":
+        raise UsageError("batch inputs cannot come from stdin (-)")
+    policy = options.fetch_policy(
+        timeout=timeout, deadline=deadline, retries=retries, max_input_bytes=max_input_bytes,
+        max_pixels=max_pixels, background=background, allow_host=allow_host, block_private=block_private,
+    )
+    jobs = load_manifest(manifest, defaults=defaults, fmt=None if manifest_format == "auto" else manifest_format).jobs
+    show = console.show_progress(progress)
+    if dry_run:
+        _dry_run(engine, jobs, policy, log_path, retry_failed, force, prefetch, json_out)
+        return
+    config = engine.BatchConfig(
+        model=mo.model_options(
+            model=model, revision=revision, variant=variant, device=device, dtype=dtype, offload=offload,
+            vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention_slicing=attention_slicing,
+            compile_=compile_, scheduler=scheduler, lora=lora),
+        policy=policy, output_dir=folder, results=log_path, prefetch=prefetch, batch_size=batch_size,
+        overwrite=overwrite, quality=quality, sidecar=sidecar, fps=fps, save_inputs=save_inputs,
+        retry_failed=retry_failed, force=force, fail_fast=fail_fast,
+    )
+    with StopRequested() as stop, _progress(show) as bar:
+        task = bar.add_task("jobs", total=len(jobs), ok=0, failed=0, skipped=0, status="")
+
+        def on_result(record: dict[str, Any]) -> None:
+            if json_out:
+                console.emit_json(record)
+            counts = {k: bar.tasks[0].fields[k] for k in ("ok", "failed", "skipped")}
+            counts[record["status"]] += 1
+            bar.update(task, advance=1, **counts)
+            if record["status"] == "failed":
+                bar.console.print(f"[red]failed[/red] {record['id']}: {record['error']['message']}",
+                                  markup=True, highlight=False)
+
+        summary = engine.run_batch(jobs, config, should_stop=lambda: stop.requested, on_result=on_result,
+                                   on_status=lambda text: bar.update(task, status=text))
+    if not console.State.quiet:
+        console.err.print(summary_table(summary))
+        console.info(f"results: {log_path}")
+    if summary.interrupted:
+        console.error(f"interrupted: {summary.not_run} jobs not run", "run the same command again to resume")
+        raise typer.Exit(Exit.INTERRUPTED)
+    if not summary.all_ok:
+        raise typer.Exit(Exit.JOBS_FAILED)
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.2f} jobs/s" if task.speed else "", style="cyan")
+
+
+def _progress(show: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("[green]{task.fields[ok]} ok[/green] [red]{task.fields[failed]} failed[/red] "
+                   "{task.fields[skipped]} skipped"),
+        _RateColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+        console=console.err, transient=True, disable=not show,
+    )
+
+
+def summary_table(summary: Any) -> Table:
+    """Jobs by status, images written, and where the time went."""
+    seconds = summary.seconds
+    rate = (summary.ok + summary.failed) / seconds["total"] if seconds["total"] > 0 else 0.0
+    table = Table(title="batch summary", box=None, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("jobs ok", str(summary.ok)), ("jobs failed", str(summary.failed)), ("jobs skipped", str(summary.skipped)),
+        ("jobs not run", str(summary.not_run)), ("images written", str(summary.images)),
+        ("fetching (overlapped)", f"{seconds['fetching']:.2f} s"),
+        ("waiting for inputs", f"{seconds['waiting']:.2f} s"),
+        ("model loading", f"{seconds['model_load']:.2f} s"), ("inference", f"{seconds['inference']:.2f} s"),
+        ("writing", f"{seconds['writing']:.2f} s"), ("total", f"{seconds['total']:.2f} s ({rate:.2f} jobs/s)"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _dry_run(engine: Any, jobs: list[Job], policy: Any, log_path: Path, retry_failed: bool, force: bool,
+             prefetch: int, json_out: bool) -> None:
+    table = Table("id", "action", "inputs", "error", box=None, header_style="bold")
+
+    def on_result(record: dict[str, Any]) -> None:
+        if json_out:
+            console.emit_json(record)
+        error = record.get("error", {}).get("message", "")
+        table.add_row(record["id"], record["action"], "[green]ok[/green]" if record["status"] == "ok"
+                      else "[red]failed[/red]", error)
+
+    records = engine.dry_run(jobs, policy, results=log_path, retry_failed=retry_failed, force=force,
+                             prefetch=max(prefetch, 8), on_result=on_result)
+    failed = [r for r in records if r["status"] != "ok"]
+    would_run = sum(r["action"] == "run" for r in records)
+    if not json_out and not console.State.quiet:
+        console.err.print(table)
+    console.info(f"{len(records)} jobs: {would_run} would run, {len(records) - would_run} would be skipped; "
+                 f"{len(failed)} with inputs that fail")
+    if failed:
+        raise typer.Exit(Exit.INPUT)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("batch")(batch)

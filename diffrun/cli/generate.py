@@ -1,0 +1,188 @@
+"""`diffrun generate`: one job, from the command line, inputs from anywhere, outputs with their recipe."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from diffrun.cli import console, options
+from diffrun.cli import model_options as mo
+from diffrun.cli.options import OUTPUT, SAMPLING
+from diffrun.errors import DiffrunError, UsageError
+from diffrun.jobs import Job
+
+Images = Annotated[list[str] | None, typer.Option(
+    "--image", "-i", rich_help_panel="Inputs", help="Input image REF: path, URL, data: URI or - (repeatable).")]
+Mask = Annotated[str | None, typer.Option("--mask", rich_help_panel="Inputs", help="Inpainting mask REF.")]
+Inputs = Annotated[list[str] | None, typer.Option(
+    "--input", rich_help_panel="Inputs", help="Any other image argument: NAME=REF (repeat NAME for a list).")]
+
+
+def generate(
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="What to generate.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", "-n", help="What to avoid.")] = None,
+    model: mo.Model = None,
+    image: Images = None,
+    mask: Mask = None,
+    input_: Inputs = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, rich_help_panel=SAMPLING,
+                                              help="Denoising steps.")] = None,
+    guidance: Annotated[float | None, typer.Option("--guidance", rich_help_panel=SAMPLING,
+                                                   help="Guidance scale.")] = None,
+    strength: Annotated[float | None, typer.Option("--strength", min=0.0, max=1.0, rich_help_panel=SAMPLING,
+                                                   help="How much image-to-image changes the input.")] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", "-s", rich_help_panel=SAMPLING,
+                                                   help="Seed (repeatable: one output set per seed).")] = None,
+    num_images: Annotated[int | None, typer.Option("--num-images", min=1, rich_help_panel=SAMPLING,
+                                                   help="Images per seed.")] = None,
+    width: Annotated[int | None, typer.Option("--width", "-W", min=8, rich_help_panel=SAMPLING)] = None,
+    height: Annotated[int | None, typer.Option("--height", "-H", min=8, rich_help_panel=SAMPLING)] = None,
+    frames: Annotated[int | None, typer.Option("--frames", min=1, rich_help_panel=SAMPLING,
+                                               help="Video frames.")] = None,
+    fps: Annotated[int | None, typer.Option("--fps", min=1, rich_help_panel=OUTPUT,
+                                            help="Frame rate of written videos.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", rich_help_panel=SAMPLING,
+                                                    help="Any other call argument KEY=VALUE (JSON value).")] = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", envvar="DIFFRUN_OUTPUT", rich_help_panel=OUTPUT,
+        help="File, folder, name template ({seed} {index} {date} {time} {model}) or - for stdout.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", rich_help_panel=OUTPUT,
+                                            help="Replace existing files.")] = False,
+    quality: Annotated[int | None, typer.Option("--quality", min=1, max=100, rich_help_panel=OUTPUT,
+                                                help="JPEG/WebP quality.")] = None,
+    sidecar: Annotated[bool, typer.Option("--sidecar", rich_help_panel=OUTPUT,
+                                          help="Also write <output>.json with the recipe.")] = False,
+    from_: Annotated[Path | None, typer.Option(
+        "--from", help="Rerun the recipe in a diffrun output (or its .json); flags override it.")] = None,
+    revision: mo.Revision = None,
+    variant: mo.Variant = None,
+    device: mo.Device = "auto",
+    dtype: mo.Dtype = "auto",
+    offload: mo.Offload = "none",
+    vae_tiling: mo.VaeTiling = False,
+    vae_slicing: mo.VaeSlicing = False,
+    attention_slicing: mo.AttentionSlicing = False,
+    compile_: mo.Compile = False,
+    scheduler: mo.Scheduler = None,
+    lora: mo.Lora = None,
+    json_out: options.Json = False,
+    quiet: options.Quiet = False,
+    progress: options.ProgressFlag = False,
+    save_inputs: options.SaveInputs = None,
+    timeout: options.Timeout = "30",
+    deadline: options.Deadline = "120",
+    retries: options.Retries = 3,
+    max_input_bytes: options.MaxInputBytes = "50MB",
+    max_pixels: options.MaxPixels = options.DEFAULT_MAX_PIXELS,
+    background: options.Background = "white",
+    allow_host: options.AllowHost = None,
+    block_private: options.BlockPrivate = False,
+) -> None:
+    """Run one job: text-to-image, image-to-image, inpainting or image-to-video, chosen from the inputs."""
+    console.State.quiet = console.State.quiet or quiet
+    if json_out and output == "-":
+        raise UsageError("--json and -o - both write to stdout; choose one")
+    flags = Job(
+        prompt=prompt, negative_prompt=negative_prompt, image=list(image or []), mask=mask,
+        inputs=options.parse_inputs(input_), params=options.parse_params(param), seeds=list(seed or []),
+        steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames, fps=fps,
+        num_images=num_images, output=output,
+    )
+    recipe_model = None
+    if from_ is not None:
+        job, recipe_model = _from_recipe(from_, flags)
+    else:
+        job = flags
+    if not job.seeds:
+        job.seeds = [secrets.randbelow(2**32)]
+    runtime = mo.model_options(
+        model=model or recipe_model, revision=revision, variant=variant, device=device, dtype=dtype,
+        offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention_slicing=attention_slicing,
+        compile_=compile_, scheduler=scheduler, lora=lora,
+    )
+    policy = options.fetch_policy(
+        timeout=timeout, deadline=deadline, retries=retries, max_input_bytes=max_input_bytes,
+        max_pixels=max_pixels, background=background, allow_host=allow_host, block_private=block_private,
+    )
+    try:
+        summary = _run(job, runtime, policy, save_inputs=save_inputs, overwrite=overwrite, quality=quality,
+                       sidecar=sidecar, show=console.show_progress(progress))
+    except DiffrunError as exc:
+        if json_out:
+            console.emit_json({"status": "error", "exit": int(exc.exit), "error": exc.message, "seeds": job.seeds})
+        raise
+    if json_out:
+        console.emit_json(summary)
+    else:
+        for path in summary["outputs"]:
+            if path != "-":
+                console.info(f"wrote {path}")
+        console.info(f"seed {', '.join(map(str, job.seeds))}; {summary['timings']['total']:.1f} s")
+
+
+def _from_recipe(path: Path, flags: Job) -> tuple[Job, str | None]:
+    """The recipe's job with every flag the user gave laid over it."""
+    from diffrun import outputs
+    from diffrun.engine.jobrun import job_from_recipe
+
+    recipe = outputs.read_recipe(path)
+    job = job_from_recipe(recipe)
+    for name, value in vars(flags).items():
+        if value not in (None, [], {}):
+            if name == "params":
+                job.params.update(value)
+            else:
+                setattr(job, name, value)
+    return job, recipe.get("model")
+
+
+def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool, quality: int | None,
+         sidecar: bool, show: bool) -> dict:
+    """Inputs first (a bad one fails before the model loads), then the model, the pipeline, the files."""
+    from diffrun import pipelines
+    from diffrun.engine import jobrun
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    inputs = jobrun.load_job_inputs(job, policy, save_inputs)
+    timings["inputs"] = inputs.seconds
+    if job.output not in (None, "-"):
+        # Refuse to overwrite before spending time on the model (the kind is only a guess here).
+        guess = "video" if Path(job.output).suffix.lower() in (".mp4", ".gif") else "image"
+        jobrun.plan_job_outputs(job, runtime.model, guess, overwrite=overwrite)
+    with console.make_progress(show) as bar:
+        task_id = bar.add_task("loading model", total=None)
+        model = pipelines.load_model(runtime, on_progress=lambda text: bar.update(task_id, description=text))
+        timings["model_load"] = model.load_seconds
+        requests = jobrun.job_requests(job, inputs)
+        task = pipelines.plan_task(model, requests[0])
+        kind = "video" if task.endswith("video") else "image"
+        targets = jobrun.plan_job_outputs(job, runtime.model, kind, overwrite=overwrite)
+        results = []
+        infer_start = time.perf_counter()
+        for request in requests:
+            bar.update(task_id, description=f"{task} seed {request.seed}", completed=0, total=None)
+
+            def on_step(step: int, total: int) -> None:
+                bar.update(task_id, completed=step, total=total)
+
+            results.extend(pipelines.run(model, [request], on_step=on_step))
+        timings["inference"] = time.perf_counter() - infer_start
+    save_start = time.perf_counter()
+    written = jobrun.write_job_outputs(job, model, inputs, results, targets, quality=quality, overwrite=overwrite,
+                                       sidecar=sidecar)
+    timings["saving"] = time.perf_counter() - save_start
+    timings["total"] = time.perf_counter() - start
+    return {
+        "status": "ok", "outputs": written, "seeds": job.seeds, "task": task, "model": model.info.get("model"),
+        "pipeline": results[0].pipeline, "scheduler": model.info.get("scheduler"), "device": model.device,
+        "dtype": model.dtype, "inputs": inputs.describe(), "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)

@@ -1,0 +1,65 @@
+"""Model and runtime options shared by `generate` and `batch`, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from diffrun.cli.options import RUNTIME, parse_loras
+
+Model = Annotated[str | None, typer.Option(
+    "--model", "-m", envvar="DIFFRUN_MODEL", rich_help_panel=RUNTIME,
+    help="A diffusers pipeline folder, a cached hub id, or a single-file checkpoint.")]
+Revision = Annotated[str | None, typer.Option("--revision", envvar="DIFFRUN_REVISION", rich_help_panel=RUNTIME,
+                                              help="Hub revision (branch, tag or commit).")]
+Variant = Annotated[str | None, typer.Option("--variant", envvar="DIFFRUN_VARIANT", rich_help_panel=RUNTIME,
+                                             help="Weight variant, e.g. fp16.")]
+Device = Annotated[str, typer.Option("--device", envvar="DIFFRUN_DEVICE", rich_help_panel=RUNTIME,
+                                     help="auto, cuda, cuda:N, mps or cpu (auto: cuda, then mps, then cpu).")]
+Dtype = Annotated[str, typer.Option("--dtype", envvar="DIFFRUN_DTYPE", rich_help_panel=RUNTIME,
+                                    help="auto, fp16, bf16 or fp32 "
+                                         "(auto: bf16 where supported, fp16 on GPUs, fp32 on cpu).")]
+Offload = Annotated[str, typer.Option("--offload", envvar="DIFFRUN_OFFLOAD", rich_help_panel=RUNTIME,
+                                      help="none, model or sequential CPU offload (CUDA only).")]
+VaeTiling = Annotated[bool, typer.Option("--vae-tiling", envvar="DIFFRUN_VAE_TILING", rich_help_panel=RUNTIME,
+                                         help="Decode in tiles (large images, less memory).")]
+VaeSlicing = Annotated[bool, typer.Option("--vae-slicing", envvar="DIFFRUN_VAE_SLICING", rich_help_panel=RUNTIME,
+                                          help="Decode one image at a time.")]
+AttentionSlicing = Annotated[bool, typer.Option("--attention-slicing", envvar="DIFFRUN_ATTENTION_SLICING",
+                                                rich_help_panel=RUNTIME, help="Compute attention in slices.")]
+Compile = Annotated[bool, typer.Option("--compile", envvar="DIFFRUN_COMPILE", rich_help_panel=RUNTIME,
+                                       help="torch.compile the denoiser (slow first call, faster after).")]
+Scheduler = Annotated[str | None, typer.Option("--scheduler", envvar="DIFFRUN_SCHEDULER", rich_help_panel=RUNTIME,
+                                               help="A scheduler class compatible with the pipeline.")]
+Lora = Annotated[list[str] | None, typer.Option("--lora", envvar="DIFFRUN_LORA", rich_help_panel=RUNTIME,
+                                                help="LoRA weights REF[:SCALE] (repeatable).")]
+
+
+def model_ref(model: str | None) -> str:
+    """A local folder or file as an absolute path (so recipes work from anywhere); hub ids as given."""
+    from diffrun.errors import UsageError
+
+    if not model:
+        raise UsageError("no model given", hint="pass --model DIR_OR_HUB_ID or set DIFFRUN_MODEL "
+                                                "(try: diffrun tiny-model ./tiny && diffrun generate -m ./tiny ...)")
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def model_options(*, model: str | None, revision: str | None, variant: str | None, device: str, dtype: str,
+                  offload: str, vae_tiling: bool, vae_slicing: bool, attention_slicing: bool, compile_: bool,
+                  scheduler: str | None, lora: list[str] | None):
+    """The runtime options as `pipelines.ModelOptions` (imports no torch)."""
+    from diffrun.errors import UsageError
+    from diffrun.pipelines import ModelOptions
+
+    for flag, value, allowed in (("--dtype", dtype, ("auto", "fp16", "bf16", "fp32")),
+                                 ("--offload", offload, ("none", "model", "sequential"))):
+        if value not in allowed:
+            raise UsageError(f"{flag}: {value!r} is not one of {', '.join(allowed)}")
+    return ModelOptions(model=model_ref(model), revision=revision, variant=variant, device=device, dtype=dtype,
+                        offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+                        attention_slicing=attention_slicing, compile=compile_, scheduler=scheduler,
+                        loras=parse_loras(lora))

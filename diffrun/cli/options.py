@@ -1,0 +1,136 @@
+"""Options shared by several commands, declared once; and turning them into library objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from diffrun.errors import UsageError
+from diffrun.loaders.policy import DEFAULT_MAX_PIXELS, FetchPolicy
+from diffrun.units import parse_duration, parse_size
+
+LOADER = "Input loading"
+OUTPUT = "Output"
+RUNTIME = "Runtime"
+SAMPLING = "Sampling"
+
+SaveInputs = Annotated[Path | None, typer.Option(
+    "--save-inputs", envvar="DIFFRUN_SAVE_INPUTS", rich_help_panel=LOADER,
+    help="Keep each input's exact bytes in this folder (plus inputs.jsonl).")]
+Timeout = Annotated[str, typer.Option(
+    "--timeout", envvar="DIFFRUN_TIMEOUT", rich_help_panel=LOADER,
+    help="Seconds to wait for a connection or for the next bytes of a response.")]
+Deadline = Annotated[str, typer.Option(
+    "--deadline", envvar="DIFFRUN_DEADLINE", rich_help_panel=LOADER,
+    help="Wall-clock seconds for one input, retries included (0: none).")]
+Retries = Annotated[int, typer.Option(
+    "--retries", envvar="DIFFRUN_RETRIES", min=0, rich_help_panel=LOADER,
+    help="Retries for connection errors, timeouts and 408/429/5xx answers.")]
+MaxInputBytes = Annotated[str, typer.Option(
+    "--max-input-bytes", envvar="DIFFRUN_MAX_INPUT_BYTES", rich_help_panel=LOADER,
+    help="Largest input accepted, units allowed (50MB, 2GiB).")]
+MaxPixels = Annotated[int, typer.Option(
+    "--max-pixels", envvar="DIFFRUN_MAX_PIXELS", min=1, rich_help_panel=LOADER,
+    help="Largest image accepted, in pixels, checked before decoding.")]
+Background = Annotated[str, typer.Option(
+    "--background", envvar="DIFFRUN_BACKGROUND", rich_help_panel=LOADER,
+    help="Colour transparent pixels are composited onto (name or #rrggbb).")]
+AllowHost = Annotated[list[str] | None, typer.Option(
+    "--allow-host", envvar="DIFFRUN_ALLOW_HOST", rich_help_panel=LOADER,
+    help="Only fetch from this host (repeatable; *.example.com for subdomains).")]
+BlockPrivate = Annotated[bool, typer.Option(
+    "--block-private", envvar="DIFFRUN_BLOCK_PRIVATE", rich_help_panel=LOADER,
+    help="Refuse loopback, private, link-local and reserved addresses, on every redirect.")]
+Json = Annotated[bool, typer.Option("--json", envvar="DIFFRUN_JSON", help="Print results as JSON on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", envvar="DIFFRUN_QUIET",
+                                     help="Print nothing but errors on stderr.")]
+ProgressFlag = Annotated[bool, typer.Option(
+    "--progress", envvar="DIFFRUN_PROGRESS", help="Show progress bars even when stderr is not a terminal.")]
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    from PIL import ImageColor
+
+    try:
+        rgb = ImageColor.getrgb(text)
+    except ValueError:
+        raise UsageError(f"--background: not a colour: {text!r}", hint="use a name such as white or #rrggbb") from None
+    return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+
+
+def fetch_policy(
+    *,
+    timeout: str = "30",
+    deadline: str = "120",
+    retries: int = 3,
+    max_input_bytes: str = "50MB",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: str = "white",
+    allow_host: list[str] | None = None,
+    block_private: bool = False,
+) -> FetchPolicy:
+    """The loader options of any command, validated, as one FetchPolicy."""
+    seconds = parse_duration(timeout)
+    if seconds <= 0:
+        raise UsageError(f"--timeout must be positive: {timeout!r}")
+    limit = parse_duration(deadline)
+    return FetchPolicy(
+        timeout=seconds,
+        deadline=limit if limit > 0 else None,
+        retries=retries,
+        max_bytes=parse_size(max_input_bytes),
+        max_pixels=max_pixels,
+        background=parse_color(background),
+        allow_hosts=tuple(h.strip().lower() for h in allow_host or () if h.strip()),
+        block_private=block_private,
+    )
+
+
+def _split_pair(text: str, flag: str, sep: str = "=") -> tuple[str, str]:
+    name, found, value = text.partition(sep)
+    if not found or not name.strip():
+        raise UsageError(f"{flag} expects NAME{sep}VALUE, got {text!r}")
+    return name.strip(), value
+
+
+def parse_inputs(values: list[str] | None) -> dict[str, list[str]]:
+    """`--input control_image=a.png --input control_image=b.png` -> {"control_image": ["a.png", "b.png"]}."""
+    inputs: dict[str, list[str]] = {}
+    for text in values or ():
+        name, ref = _split_pair(text, "--input")
+        if not name.isidentifier():
+            raise UsageError(f"--input: {name!r} is not a pipeline argument name")
+        inputs.setdefault(name, []).append(ref)
+    return inputs
+
+
+def parse_params(values: list[str] | None) -> dict:
+    """`--param eta=0.5 --param clip_skip=2 --param name=text`: values JSON-parsed, else kept as text."""
+    import json
+
+    params: dict = {}
+    for text in values or ():
+        name, raw = _split_pair(text, "--param")
+        try:
+            params[name] = json.loads(raw)
+        except ValueError:
+            params[name] = raw
+    return params
+
+
+def parse_loras(values: list[str] | None) -> list[tuple[str, float]]:
+    """`--lora path/or/hub-id[:SCALE]`; a scale is only taken from after the last colon if it is a number."""
+    loras = []
+    for text in values or ():
+        ref, scale = text, 1.0
+        head, sep, tail = text.rpartition(":")
+        if sep and head:
+            try:
+                scale = float(tail)
+                ref = head
+            except ValueError:
+                pass
+        loras.append((ref, scale))
+    return loras

@@ -1,0 +1,1 @@
+"""Running jobs: one job's flow (jobrun), the local batch engine, and the Ray engine."""

@@ -1,0 +1,367 @@
+"""The local batch engine: one model load, inputs prefetched ahead of inference, micro-batches,
+one results line per job, resume, graceful stop.
+
+Decisions worth knowing:
+- Inputs load before the model; the model loads when the first job's inputs arrive, so a batch whose
+  inputs all fail never loads it.
+- The main thread never waits for the network while it has work: a micro-batch runs as soon as it is
+  full, or as soon as the next job's inputs are not ready yet.
+- A micro-batch that fails is run again one job at a time, so one bad job fails alone.
+- A stop request (first Ctrl-C / SIGTERM) abandons the micro-batch being computed at its next step:
+  nothing of it is written and it gets no line; a rerun does it.
+- Resume: a job whose last ok/failed line is `ok` with every output present is skipped; one recorded
+  `failed` is skipped too unless `retry_failed`; `force` redoes all (and may overwrite). A skipped
+  job gets a `skipped` line; a job skipped for an earlier failure still counts as failed (exit 1).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from diffrun.engine import jobrun
+from diffrun.engine.prefetch import Prefetcher
+from diffrun.engine.results import FAILED, OK, SKIPPED, ResultsLog, is_done, now_iso, read_records, settled
+from diffrun.errors import DiffrunError, OutputExistsError
+from diffrun.jobs import Job
+from diffrun.loaders import FetchPolicy
+
+if TYPE_CHECKING:
+    from diffrun.pipelines import LoadedModel, ModelOptions, Request
+
+OnResult = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class BatchConfig:
+    model: ModelOptions
+    policy: FetchPolicy
+    output_dir: Path
+    """Where jobs without their own `output` write `{id}.png` (or `.mp4`)."""
+    results: Path
+    prefetch: int = 4
+    batch_size: int = 1
+    overwrite: bool = False
+    quality: int | None = None
+    sidecar: bool = False
+    fps: int | None = None
+    save_inputs: Path | None = None
+    retry_failed: bool = False
+    force: bool = False
+    fail_fast: bool = False
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    skipped_failed: int = 0
+    """Skipped because an earlier run recorded them failed (they still make the exit code 1)."""
+    not_run: int = 0
+    images: int = 0
+    interrupted: bool = False
+    model_loaded: bool = False
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("fetching", "waiting", "model_load", "inference", "writing", "total"), 0.0))
+
+    @property
+    def all_ok(self) -> bool:
+        return self.failed == 0 and self.skipped_failed == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"total": self.total, "ok": self.ok, "failed": self.failed, "skipped": self.skipped,
+                "not_run": self.not_run, "images": self.images, "interrupted": self.interrupted,
+                "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
+
+
+class _Abandon(BaseException):
+    """Raised from the step callback to drop the running micro-batch (not an Exception: run() lets it by)."""
+
+
+@dataclass
+class _Ready:
+    job: Job
+    inputs: jobrun.JobInputs
+    requests: list[Request]
+    targets: list[str]
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, DiffrunError):
+        return {"code": exc.code, "exit": int(exc.exit), "message": exc.message}
+    return {"code": "internal", "exit": 70, "message": f"{type(exc).__name__}: {exc}"}
+
+
+def _record(job: Job, status: str, **extra: Any) -> dict[str, Any]:
+    return {"id": job.id, "status": status, "outputs": [], "seed": job.seeds[0] if job.seeds else None,
+            "seeds": job.seeds, **extra, "time": now_iso()}
+
+
+def plan_resume(jobs: list[Job], results: Path, *, retry_failed: bool, force: bool
+                ) -> tuple[list[Job], list[tuple[Job, dict[str, Any]]]]:
+    """(jobs to run, (job, earlier record) pairs to skip) from what the results log says."""
+    if force:
+        return list(jobs), []
+    state = settled(read_records(results))
+    run, skip = [], []
+    for job in jobs:
+        previous = state.get(job.id)
+        if is_done(previous) or (previous and previous["status"] == FAILED and not retry_failed):
+            skip.append((job, previous))
+        else:
+            run.append(job)
+    return run, skip
+
+
+class BatchRunner:
+    """Runs a list of jobs once; `run()` returns the Summary. Not reusable."""
+
+    def __init__(self, jobs: list[Job], config: BatchConfig, *, should_stop: Callable[[], bool] | None = None,
+                 on_result: OnResult | None = None, on_status: Callable[[str], None] | None = None,
+                 on_step: Callable[[int, int], None] | None = None) -> None:
+        self.jobs = jobs
+        self.config = config
+        self.should_stop = should_stop or (lambda: False)
+        self.on_result = on_result or (lambda record: None)
+        self.on_status = on_status or (lambda text: None)
+        self.on_step = on_step
+        self.summary = Summary(total=len(jobs))
+        self.model: LoadedModel | None = None
+        self._log = ResultsLog(config.results)
+        self._claimed: set[str] = set()
+        self._failed_fast = False
+
+    # -- results -------------------------------------------------------------------------------
+    def _emit(self, record: dict[str, Any]) -> None:
+        self._log.append(record)
+        self.on_result(record)
+
+    def _fail(self, job: Job, exc: BaseException, inputs: jobrun.JobInputs | None = None,
+              timings: dict[str, float] | None = None) -> None:
+        self.summary.failed += 1
+        self._emit(_record(job, FAILED, inputs=inputs.hashes() if inputs else {},
+                           timings={k: round(v, 4) for k, v in (timings or {}).items()}, error=error_info(exc)))
+        if self.config.fail_fast:
+            self._failed_fast = True
+
+    def _stopping(self) -> bool:
+        return self._failed_fast or self.should_stop()
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> Summary:
+        start = time.perf_counter()
+        try:
+            todo, skip = plan_resume(self.jobs, self.config.results, retry_failed=self.config.retry_failed,
+                                     force=self.config.force)
+            for job, previous in skip:
+                self.summary.skipped += 1
+                if previous["status"] == FAILED:
+                    self.summary.skipped_failed += 1
+                self._emit(_record(job, SKIPPED, previous=previous["status"], outputs=previous.get("outputs", []),
+                                   inputs=previous.get("inputs", {}), seed=previous.get("seed"),
+                                   seeds=previous.get("seeds", job.seeds)))
+            self._run(todo)
+        finally:
+            self._log.close()
+            self.summary.seconds["total"] = time.perf_counter() - start
+        done = self.summary.ok + self.summary.failed + self.summary.skipped
+        self.summary.not_run = self.summary.total - done
+        self.summary.interrupted = self.should_stop() and self.summary.not_run > 0
+        return self.summary
+
+    def _load(self, job: Job) -> jobrun.JobInputs:
+        return jobrun.load_job_inputs(job, self.config.policy, self.config.save_inputs)
+
+    def _run(self, todo: list[Job]) -> None:
+        if not todo:
+            return
+        depth = max(self.config.prefetch, 1)
+        pending: list[_Ready] = []
+        prefetcher = Prefetcher(todo, self._load, depth, should_stop=self._stopping)
+        try:
+            for job, loaded in prefetcher:
+                if self._stopping():
+                    break
+                if isinstance(loaded, BaseException):
+                    if not isinstance(loaded, Exception):
+                        raise loaded
+                    self._fail(job, loaded)
+                    continue
+                self.summary.seconds["fetching"] += loaded.seconds
+                ready = self._prepare(job, loaded)
+                if ready is None:
+                    continue
+                if pending and (not self._fits(pending, ready)):
+                    self._flush(pending)
+                    pending = []
+                pending.append(ready)
+                if sum(len(r.requests) for r in pending) >= self.config.batch_size or not prefetcher.ready():
+                    self._flush(pending)
+                    pending = []
+            if pending and not self._stopping():
+                self._flush(pending)
+        finally:
+            self.summary.seconds["waiting"] = prefetcher.wait_seconds
+            prefetcher.close()
+
+    def _ensure_model(self) -> LoadedModel:
+        if self.model is None:
+            from diffrun import pipelines
+
+            self.on_status("loading model")
+            self.model = pipelines.load_model(self.config.model, on_progress=self.on_status)
+            self.summary.model_loaded = True
+            self.summary.seconds["model_load"] = self.model.load_seconds
+        return self.model
+
+    def _prepare(self, job: Job, inputs: jobrun.JobInputs) -> _Ready | None:
+        """Requests and output targets of a loaded job, checked against the model; None if it failed."""
+        from diffrun import pipelines
+        from diffrun.outputs.formats import default_extension
+
+        model = self._ensure_model()  # a model that cannot load stops the batch (exit 4)
+        try:
+            requests = jobrun.job_requests(job, inputs)
+            task = pipelines.plan_task(model, requests[0])
+            kind = "video" if task.endswith("video") else "image"
+            plan_job = job
+            if job.output is None:
+                folder = str(self.config.output_dir).replace("{", "{{").replace("}", "}}")
+                plan_job = replace(job, output=os.path.join(folder, "{id}") + default_extension(kind))
+            overwrite = self.config.overwrite or self.config.force
+            targets = jobrun.plan_job_outputs(plan_job, self.config.model.model, kind, overwrite=overwrite)
+            taken = [t for t in targets if t in self._claimed]
+            if taken:
+                raise OutputExistsError(f"{taken[0]} is also the output of an earlier job of this batch",
+                                        hint="give rows distinct outputs, or use {id} in the template")
+            self._claimed.update(targets)
+        except DiffrunError as exc:
+            self._fail(job, exc, inputs, {"fetch": inputs.seconds})
+            return None
+        return _Ready(job, inputs, requests, targets)
+
+    def _fits(self, pending: list[_Ready], ready: _Ready) -> bool:
+        from diffrun.pipelines import batch_key
+
+        keys = {batch_key(r) for item in (*pending, ready) for r in item.requests}
+        count = sum(len(r.requests) for r in pending) + len(ready.requests)
+        return len(keys) == 1 and count <= self.config.batch_size
+
+    def _flush(self, pending: list[_Ready]) -> None:
+        """One pipeline call for `pending` (one per job when their requests cannot share a call)."""
+        from diffrun import pipelines
+
+        if self._stopping():
+            return
+        requests = [r for item in pending for r in item.requests]
+        if len({pipelines.batch_key(r) for r in requests}) > 1:  # a job whose requests must run alone
+            for item in pending:
+                self._run_job_alone(item)
+            return
+
+        model = self._ensure_model()
+        started = time.perf_counter()
+        try:
+            results = pipelines.run(model, requests, on_step=self._step_callback())
+        except _Abandon:
+            return
+        except Exception as exc:  # any failure of a shared call is retried job by job
+            self.summary.seconds["inference"] += time.perf_counter() - started
+            if len(pending) > 1:
+                for item in pending:
+                    self._flush([item])
+            else:
+                self._fail(pending[0].job, exc, pending[0].inputs, {"fetch": pending[0].inputs.seconds})
+            return
+        seconds = time.perf_counter() - started
+        self.summary.seconds["inference"] += seconds
+        offset = 0
+        for item in pending:
+            part = results[offset: offset + len(item.requests)]
+            offset += len(item.requests)
+            share = seconds * len(item.requests) / len(requests)
+            self._write(item, part, {"fetch": item.inputs.seconds, "inference": share}, len(pending))
+
+    def _run_job_alone(self, item: _Ready) -> None:
+        from diffrun import pipelines
+
+        results = []
+        started = time.perf_counter()
+        try:
+            for request in item.requests:
+                if self._stopping():
+                    return
+                results.extend(pipelines.run(self._ensure_model(), [request], on_step=self._step_callback()))
+        except _Abandon:
+            return
+        except Exception as exc:  # recorded as this job's failure
+            self._fail(item.job, exc, item.inputs, {"fetch": item.inputs.seconds})
+            return
+        finally:
+            self.summary.seconds["inference"] += time.perf_counter() - started
+        self._write(item, results, {"fetch": item.inputs.seconds, "inference": time.perf_counter() - started}, 1)
+
+    def _step_callback(self) -> Callable[[int, int], None]:
+        def on_step(step: int, total: int) -> None:
+            if self.should_stop():
+                raise _Abandon
+            if self.on_step is not None:
+                self.on_step(step, total)
+        return on_step
+
+    def _write(self, item: _Ready, results: list[Any], timings: dict[str, float], batch: int) -> None:
+        started = time.perf_counter()
+        overwrite = self.config.overwrite or self.config.force
+        try:
+            written = jobrun.write_job_outputs(item.job, self._ensure_model(), item.inputs, results, item.targets,
+                                               quality=self.config.quality, overwrite=overwrite,
+                                               sidecar=self.config.sidecar, fps=self.config.fps)
+        except Exception as exc:  # a job that cannot be written fails alone
+            self._fail(item.job, exc, item.inputs, timings)
+            return
+        timings["write"] = time.perf_counter() - started
+        self.summary.seconds["writing"] += timings["write"]
+        self.summary.ok += 1
+        self.summary.images += len(written)
+        self._emit(_record(item.job, OK, outputs=written, inputs=item.inputs.hashes(), batch=batch,
+                           timings={k: round(v, 4) for k, v in timings.items()}))
+
+
+def run_batch(jobs: list[Job], config: BatchConfig, **hooks: Any) -> Summary:
+    """Run `jobs` (see BatchRunner for the hooks: should_stop, on_result, on_status, on_step)."""
+    return BatchRunner(jobs, config, **hooks).run()
+
+
+def dry_run(jobs: list[Job], policy: FetchPolicy, *, results: Path | None = None, retry_failed: bool = False,
+            force: bool = False, prefetch: int = 4, should_stop: Callable[[], bool] | None = None,
+            on_result: OnResult | None = None) -> list[dict[str, Any]]:
+    """Load every job's inputs (no model): one record per job with what a run would do and what failed."""
+    skipped = set()
+    if results is not None:
+        _, skip = plan_resume(jobs, results, retry_failed=retry_failed, force=force)
+        skipped = {job.id for job, _ in skip}
+    records = []
+
+    def load(job: Job) -> jobrun.JobInputs:
+        return jobrun.load_job_inputs(job, policy)
+
+    with Prefetcher(jobs, load, max(prefetch, 1), should_stop=should_stop) as prefetcher:
+        for job, loaded in prefetcher:
+            record: dict[str, Any] = {"id": job.id, "action": "skip" if job.id in skipped else "run",
+                                      "seeds": job.seeds, "output": job.output, "references": job.references()}
+            if isinstance(loaded, Exception):
+                record.update(status=FAILED, error=error_info(loaded))
+            elif isinstance(loaded, BaseException):
+                raise loaded
+            else:
+                record.update(status=OK, inputs=loaded.hashes(), seconds=round(loaded.seconds, 4))
+            records.append(record)
+            if on_result is not None:
+                on_result(record)
+    return records

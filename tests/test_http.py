@@ -1,0 +1,271 @@
+"""diffrun.loaders.http.fetch against the misbehaving loopback server."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from diffrun import __version__
+from diffrun.errors import Exit, InputError
+from diffrun.loaders.http import Fetched, fetch, session
+from diffrun.loaders.policy import FetchPolicy
+
+FAST = FetchPolicy(timeout=2.0, deadline=20.0, retries=3, backoff=0.001, max_retry_after=0.01)
+BODY = os.urandom(50_000)
+
+
+def fails(url: str, policy: FetchPolicy = FAST) -> InputError:
+    with pytest.raises(InputError) as info:
+        fetch(url, policy)
+    assert info.value.exit == Exit.INPUT
+    return info.value
+
+
+def test_plain_fetch(server):
+    url = server.add("/x.png", BODY, content_type="image/png")
+    got = fetch(url, FAST)
+    assert isinstance(got, Fetched)
+    assert got.data == BODY
+    assert got.final_url == url
+    assert got.content_type == "image/png"
+    assert server.count("/x.png") == 1
+
+
+def test_503s_then_success(server):
+    url = server.add("/flaky", BODY, faults=[503, 503])
+    assert fetch(url, FAST).data == BODY
+    assert server.count("/flaky") == 3
+
+
+def test_503_forever_gives_up_after_all_attempts(server):
+    url = server.add("/down", BODY, always=503)
+    err = fails(url)
+    assert server.count("/down") == 1 + FAST.retries
+    assert "HTTP 503 Service Unavailable" in err.reason
+    assert "4 attempts" in err.reason
+
+
+def test_retries_zero_means_one_request(server):
+    url = server.add("/down", BODY, always=502)
+    fails(url, FetchPolicy(retries=0, backoff=0.001))
+    assert server.count("/down") == 1
+
+
+def test_429_retry_after_is_honoured_and_capped(server):
+    # Retry-After: 3600 capped at 0.01 s: with a 5 s deadline, finishing at all proves the cap.
+    url = server.add("/limited", BODY, faults=[429, 429], retry_after="3600")
+    policy = FetchPolicy(timeout=2.0, deadline=5.0, retries=3, backoff=0.001, max_retry_after=0.01)
+    assert fetch(url, policy).data == BODY
+    assert server.count("/limited") == 3
+
+
+def test_retry_after_past_the_deadline_fails_fast_without_sleeping(server):
+    url = server.add("/limited", BODY, faults=[429], retry_after="3600")
+    policy = FetchPolicy(timeout=2.0, deadline=3.0, retries=3, backoff=0.001, max_retry_after=3600)
+    err = fails(url, policy)
+    assert "deadline of 3 s exceeded" in err.reason
+    assert server.count("/limited") == 1
+
+
+def test_reset_before_response_then_success(server):
+    url = server.add("/rst", BODY, faults=["reset", "reset"])
+    assert fetch(url, FAST).data == BODY
+    assert server.count("/rst") == 3
+
+
+def test_reset_forever_is_a_connection_failure(server):
+    url = server.add("/rst", BODY, always="reset")
+    err = fails(url)
+    assert server.count("/rst") == 4
+    assert err.reason.startswith("connection failed after 4 attempts")
+
+
+def test_connection_refused(unused_port_url):
+    err = fails(unused_port_url, FetchPolicy(retries=1, backoff=0.001))
+    assert "connection failed after 2 attempts" in err.reason
+    assert "refused" in err.reason.lower()
+
+
+def test_short_body_is_retried(server):
+    url = server.add("/short", BODY, faults=["truncate"])
+    assert fetch(url, FAST).data == BODY
+    assert server.count("/short") == 2
+
+
+def test_short_body_always_fails_without_partial_bytes(server):
+    url = server.add("/short", BODY, always="truncate")
+    err = fails(url)
+    assert server.count("/short") == 4
+    assert f"body ended after {len(BODY) // 2} of {len(BODY)} bytes" in err.reason
+
+
+def test_break_mid_body_once_then_success(server):
+    url = server.add("/broken", BODY, faults=["break"])
+    assert fetch(url, FAST).data == BODY
+    assert server.count("/broken") == 2
+
+
+def test_body_and_connection_failures_share_one_budget(server):
+    url = server.add("/mixed", BODY, faults=["truncate", 503, "reset", "truncate"])
+    err = fails(url)
+    assert server.count("/mixed") == 4
+    assert "4 attempts" in err.reason
+
+
+def test_slow_first_response_times_out_then_succeeds(server):
+    url = server.add("/slow", BODY, faults=["slow"], slow=1.0)
+    policy = FetchPolicy(timeout=0.3, deadline=10.0, retries=2, backoff=0.001)
+    assert fetch(url, policy).data == BODY
+    assert server.count("/slow") == 2
+
+
+def test_always_slow_times_out(server):
+    url = server.add("/slow", BODY, always="slow", slow=1.0)
+    err = fails(url, FetchPolicy(timeout=0.2, deadline=10.0, retries=1, backoff=0.001))
+    assert err.reason == "timed out after 2 attempts"
+    assert server.count("/slow") == 2
+
+
+def test_deadline_exceeded(server):
+    url = server.add("/slow", BODY, always="slow", slow=1.0)
+    err = fails(url, FetchPolicy(timeout=5.0, deadline=0.4, retries=5, backoff=0.001))
+    assert err.reason == "deadline of 0.4 s exceeded"
+    assert server.count("/slow") == 1
+
+
+def test_endless_body_stops_at_the_byte_cap(server):
+    url = server.add("/endless", endless=True)
+    err = fails(url, FetchPolicy(max_bytes=1_000_000, retries=3, backoff=0.001))
+    assert "larger than the 1.0 MB limit" in err.reason
+    assert server.count("/endless") == 1
+
+
+def test_content_length_over_the_cap_is_refused_without_reading(server):
+    # The body is much shorter than announced: reading it would fail and be retried.
+    url = server.add("/huge", b"x" * 1000, content_length=10**12)
+    err = fails(url, FetchPolicy(max_bytes=1_000_000, retries=3, backoff=0.001))
+    assert err.reason == "larger than the 1.0 MB limit (Content-Length: 1000.0 GB)"
+    assert server.count("/huge") == 1
+
+
+@pytest.mark.parametrize(("status", "phrase"), [(404, "Not Found"), (403, "Forbidden"), (410, "Gone")])
+def test_client_errors_are_not_retried(server, status, phrase):
+    url = server.add("/nope", b"no", status=status)
+    err = fails(url)
+    assert err.reason == f"HTTP {status} {phrase}"
+    assert server.count("/nope") == 1
+
+
+def test_missing_route_is_404(server):
+    err = fails(server.url("/missing.png"))
+    assert "HTTP 404 Not Found" in err.reason
+    assert err.hint
+
+
+def test_redirect_chain_is_followed(server):
+    server.redirect("/a", "/b", status=301)
+    server.redirect("/b", server.url("/c"), status=307)
+    server.add("/c", BODY)
+    got = fetch(server.url("/a"), FAST)
+    assert got.data == BODY
+    assert got.final_url == server.url("/c")
+    assert [server.count(p) for p in ("/a", "/b", "/c")] == [1, 1, 1]
+
+
+def test_redirect_loop(server):
+    server.redirect("/a", "/b")
+    server.redirect("/b", "/a")
+    err = fails(server.url("/a"))
+    assert err.reason == "redirect loop"
+    assert server.count("/a") == 1
+
+
+def test_too_many_redirects(server):
+    for i in range(10):
+        server.redirect(f"/r{i}", f"/r{i + 1}")
+    server.add("/r10", BODY)
+    err = fails(server.url("/r0"), FetchPolicy(max_redirects=5, backoff=0.001))
+    assert err.reason == "too many redirects (more than 5)"
+    assert server.count("/r6") == 0
+    assert fetch(server.url("/r0"), FetchPolicy(max_redirects=10)).data == BODY
+
+
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/x"])
+def test_redirect_to_non_http_is_refused(server, target):
+    server.redirect("/evil", target)
+    err = fails(server.url("/evil"))
+    assert err.reason == "redirect to a non-http(s) URL refused"
+
+
+def test_non_http_url_is_refused():
+    err = fails("ftp://127.0.0.1/x.png")
+    assert "http" in err.reason
+
+
+def test_gzip_body_is_decoded(server):
+    url = server.add("/z", BODY + b"\0" * 100_000, gzip=True)
+    assert fetch(url, FAST).data == BODY + b"\0" * 100_000
+
+
+def test_gzip_bomb_is_capped_on_the_decoded_size(server):
+    bomb = b"\0" * 20_000_000
+    url = server.add("/bomb", bomb, gzip=True)
+    assert len(server.routes["/bomb"].body) < 100_000
+    err = fails(url, FetchPolicy(max_bytes=1_000_000, backoff=0.001))
+    assert "larger than the 1.0 MB limit" in err.reason
+    assert server.count("/bomb") == 1
+
+
+def test_bad_gzip_is_an_input_error(server):
+    url = server.add("/badz", b"not gzip at all", headers={"Content-Encoding": "gzip"})
+    err = fails(url)
+    assert "could not decode the gzip body" in err.reason
+
+
+def test_user_agent_is_sent(server):
+    url = server.add("/ua", BODY)
+    fetch(url, FAST)
+    assert server.log[-1].headers["User-Agent"] == f"diffrun/{__version__}"
+
+
+def test_one_pooled_connection_is_reused(server):
+    urls = [server.add(f"/img{i}.png", BODY) for i in range(10)]
+    for url in urls:
+        assert fetch(url, FAST).data == BODY
+    assert server.connections == 1
+    assert {r.connection for r in server.log} == {1}
+
+
+def test_session_is_shared():
+    assert session(FAST) is session(FAST)
+    assert session() is session(FetchPolicy())
+    assert session() is not session(FAST)
+
+
+def test_credentials_are_stripped_from_errors(server):
+    server.add("/private.png", b"no", status=401)
+    url = server.url("/private.png").replace("http://", "http://alice:s3cret@") + "?token=abc123"
+    err = fails(url)
+    assert "s3cret" not in str(err)
+    assert "abc123" not in str(err)
+    assert "alice" not in str(err)
+    assert "HTTP 401 Unauthorized" in str(err)
+    assert server.log[-1].headers.get("Authorization", "").startswith("Basic ")
+
+
+def test_display_overrides_the_reference(server):
+    server.add("/gone", b"", status=404)
+    with pytest.raises(InputError) as info:
+        fetch(server.url("/gone"), FAST, display="input #3")
+    assert str(info.value) == "input #3: HTTP 404 Not Found"
+
+
+@pytest.fixture
+def unused_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/x.png"

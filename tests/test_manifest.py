@@ -1,0 +1,117 @@
+"""Manifest parsing: JSONL and CSV rows -> Jobs, defaults, ids, seeds, paths, and every problem at once."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from diffrun.errors import Exit, ManifestError
+from diffrun.jobs import Job
+from diffrun.manifest import content_id, detect_format, load_manifest, parse_manifest
+
+
+def jsonl(*rows: dict) -> str:
+    return "\n".join(json.dumps(r) for r in rows) + "\n"
+
+
+def test_jsonl_rows_merge_over_defaults_and_resolve_paths(tmp_path: Path) -> None:
+    defaults = Job(prompt="default", steps=3, params={"eta": 0.1, "x": 1}, inputs={"ip": ["/abs/ip.png"]},
+                   seeds=[100])
+    text = jsonl(
+        {"id": "a", "image": "in/a.png", "mask": "m.png", "strength": 0.4, "params": {"x": 2}},
+        {"id": "b", "prompt": "own", "image": ["https://h/x.png", "data:image/png;base64,AA", "/abs/y.png"],
+         "inputs": {"control_image": "c.png"}, "seed": [7, 8], "output": "out/b.png"},
+        {"prompt": "no id"},
+    )
+    jobs = parse_manifest(text, defaults=defaults, base=tmp_path, source="m.jsonl").jobs
+    a, b, c = jobs
+    assert a.prompt == "default" and a.steps == 3 and a.strength == 0.4
+    assert a.image == [str(tmp_path / "in/a.png")] and a.mask == str(tmp_path / "m.png")
+    assert a.params == {"eta": 0.1, "x": 2} and defaults.params == {"eta": 0.1, "x": 1}  # defaults untouched
+    assert a.seeds == [100]  # --seed + index 0
+    assert b.prompt == "own" and b.seeds == [7, 8]
+    assert b.image == ["https://h/x.png", "data:image/png;base64,AA", "/abs/y.png"]
+    assert b.inputs == {"ip": ["/abs/ip.png"], "control_image": [str(tmp_path / "c.png")]}
+    assert b.output == str(tmp_path / "out/b.png")
+    assert c.id.startswith("row-") and len(c.id) == 16 and c.seeds == [102]
+
+
+def test_ids_are_stable_under_inserted_rows_and_unique_for_identical_rows() -> None:
+    first = parse_manifest(jsonl({"prompt": "x"}, {"prompt": "y"}), fmt="jsonl").jobs
+    second = parse_manifest(jsonl({"prompt": "new"}, {"prompt": "y"}, {"prompt": "x"}, {"prompt": "x"}),
+                            fmt="jsonl").jobs
+    assert first[0].id == second[2].id == content_id({"prompt": "x"})
+    assert first[1].id == second[1].id
+    assert second[3].id == second[2].id + "-2"
+    # Seeds default to base + index, base 0 without --seed: deterministic for resume.
+    assert [j.seeds for j in second] == [[0], [1], [2], [3]]
+    # Several --seed values: each shifted by the index.
+    jobs = parse_manifest(jsonl({"prompt": "a"}, {"prompt": "b"}), defaults=Job(seeds=[10, 20]), fmt="jsonl").jobs
+    assert [j.seeds for j in jobs] == [[10, 20], [11, 21]]
+
+
+def test_csv_cells_lists_json_and_numbers(tmp_path: Path) -> None:
+    text = (
+        "id,prompt,image,params,inputs,seed,steps,guidance,width\n"
+        'r1,"a, b",x.png|https://h/y.png,"{""eta"": 0.5}","{""control_image"": [""c.png""]}",4,12,7.5,64\n'
+        'r2,plain,"[""p.png"", ""q.png""]",,,5|6,,,\n'
+        "\n"
+    )
+    jobs = parse_manifest(text, base=tmp_path, source="m.csv").jobs
+    r1, r2 = jobs
+    assert r1.prompt == "a, b" and r1.image == [str(tmp_path / "x.png"), "https://h/y.png"]
+    assert r1.params == {"eta": 0.5} and r1.inputs == {"control_image": [str(tmp_path / "c.png")]}
+    assert (r1.seeds, r1.steps, r1.guidance, r1.width) == ([4], 12, 7.5, 64)
+    assert r2.image == [str(tmp_path / "p.png"), str(tmp_path / "q.png")] and r2.seeds == [5, 6]
+    assert r2.steps is None and r2.params == {}
+
+
+def test_every_problem_reported_with_its_line() -> None:
+    text = "\n".join([
+        json.dumps({"id": "ok", "prompt": "fine"}),                  # 1
+        json.dumps({"id": "x", "promt": "typo", "steps": "many"}),   # 2: unknown key + bad int
+        "",                                                           # 3: blank, skipped
+        "{not json",                                                  # 4
+        json.dumps({"id": "ok", "prompt": "again"}),                 # 5: duplicate id
+        json.dumps({"id": "y", "image": 5, "strength": 2, "seed": -1}),  # 6: three problems
+        json.dumps(["a", "list"]),                                   # 7
+        json.dumps({"id": "bad/id"}),                                 # 8
+        json.dumps({"id": "z", "image": "-", "output": "-", "width": True}),  # 9
+    ])
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(text, source="m.jsonl")
+    err = info.value
+    assert err.exit == Exit.USAGE
+    lines = [line for line, _ in err.problems]
+    assert lines == sorted(lines) and set(lines) == {2, 4, 5, 6, 7, 8, 9}
+    text_of = {line: " ".join(p for n, p in err.problems if n == line) for line in lines}
+    assert "unknown key 'promt'" in text_of[2] and "steps must be an integer" in text_of[2]
+    assert "duplicate id 'ok' (first on line 1)" in text_of[5]
+    assert "image" in text_of[6] and "strength" in text_of[6] and "seed" in text_of[6]
+    assert "stdin" in text_of[9] and "stdout" in text_of[9] and "width" in text_of[9]
+    assert len(err.problems) >= 11
+    for line in lines:  # the printed message names every bad line
+        assert f"line {line}:" in err.message
+
+
+def test_csv_problems_and_empty_manifest() -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest("id,prompt,colour\na,x,red\nb,y,blue,extra\n", source="m.csv")
+    assert {n for n, _ in info.value.problems} == {2, 3}
+    with pytest.raises(ManifestError, match="no rows"):
+        parse_manifest("\n# only a comment\n", source="m.jsonl")
+
+
+def test_detect_format_and_stdin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert detect_format("a.jsonl", "") == "jsonl" and detect_format("a.csv", "{") == "csv"
+    assert detect_format("-", "\n# c\n{\"a\": 1}") == "jsonl" and detect_format("-", "id,prompt\n") == "csv"
+    monkeypatch.setattr("sys.stdin", io.StringIO("id,image\ns1,rel.png\n"))
+    monkeypatch.chdir(tmp_path)
+    manifest = load_manifest("-")
+    assert manifest.format == "csv" and manifest.jobs[0].image == [str(tmp_path / "rel.png")]
+    assert manifest.lines == [2]
+    with pytest.raises(ManifestError, match="not found"):
+        load_manifest(str(tmp_path / "nope.jsonl"))

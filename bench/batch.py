@@ -15,6 +15,7 @@ Reports, all in this one process and call (ratios, not absolute times, are what 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -86,16 +87,17 @@ def main() -> None:
             pipelines.run(model, jobrun.job_requests(job, inputs))
         sequential = time.perf_counter() - start
 
-        def batch(size: int) -> tuple[float, float]:
+        def batch(size: int) -> tuple[float, float, dict]:
             out = work / f"out-b{size}"
             config = BatchConfig(model=options, policy=policy, output_dir=out, results=out / "results.jsonl",
                                  prefetch=max(args.prefetch, size), batch_size=size)
             summary = run_batch(jobs, config)
             assert summary.ok == len(jobs), summary
-            return summary.seconds["total"] - summary.seconds["model_load"], summary.seconds["inference"]
+            seconds = summary.seconds
+            return seconds["total"] - seconds["model_load"], seconds["inference"], seconds
 
-        batch1, infer1 = batch(1)
-        batch4, infer4 = batch(4)
+        batch1, infer1, seconds1 = batch(1)
+        batch4, infer4, _ = batch(4)
 
         generate = None
         if args.generate_runs:
@@ -105,7 +107,8 @@ def main() -> None:
                 subprocess.run([sys.executable, "-m", "diffrun", "generate", "-m", str(model_dir), "--device", "cpu",
                                 "-p", f"job {i}", "-i", urls[i], "-s", str(i), "--steps", str(args.steps),
                                 "--strength", "0.75", "-o", str(work / f"gen{i}.png"), "-q"],
-                               check=True, cwd=ROOT, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                               check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                                 **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})})
             generate = (time.perf_counter() - start) * args.jobs / runs
 
     import torch
@@ -114,6 +117,8 @@ def main() -> None:
           f"{args.latency * 1000:.0f} ms per input, prefetch {args.prefetch}, {torch.get_num_threads()} torch threads")
     print(f"  inference only (floor)        {inference_only:7.2f} s   1.00x")
     print(f"  batch, --batch-size 1         {batch1:7.2f} s   {batch1 / inference_only:.2f}x  (goal <= 1.10x)")
+    print(f"    of which inference {infer1:.2f} s, writing {seconds1['writing']:.2f} s, "
+          f"waiting for inputs {seconds1['waiting']:.2f} s")
     print(f"  sequential fetch-then-infer   {sequential:7.2f} s   {sequential / inference_only:.2f}x")
     if generate is not None:
         print(f"  {args.jobs} x diffrun generate        {generate:7.2f} s   {generate / inference_only:.2f}x"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -61,6 +62,8 @@ def _split_debug(args: list[str]) -> tuple[list[str], bool]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Pillow warns about corrupt EXIF and the like on stderr; the input still loads, so stay quiet.
+    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
     args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     console.State.debug = debug or os.environ.get("DIFFRUN_DEBUG", "").lower() in ("1", "true", "yes")
     _register()

@@ -51,14 +51,9 @@ def model_ref(model: str | None) -> str:
 def model_options(*, model: str | None, revision: str | None, variant: str | None, device: str, dtype: str,
                   offload: str, vae_tiling: bool, vae_slicing: bool, attention_slicing: bool, compile_: bool,
                   scheduler: str | None, lora: list[str] | None):
-    """The runtime options as `pipelines.ModelOptions` (imports no torch)."""
-    from diffrun.errors import UsageError
+    """The runtime options as `pipelines.ModelOptions` (imports no torch; pipelines validates them)."""
     from diffrun.pipelines import ModelOptions
 
-    for flag, value, allowed in (("--dtype", dtype, ("auto", "fp16", "bf16", "fp32")),
-                                 ("--offload", offload, ("none", "model", "sequential"))):
-        if value not in allowed:
-            raise UsageError(f"{flag}: {value!r} is not one of {', '.join(allowed)}")
     return ModelOptions(model=model_ref(model), revision=revision, variant=variant, device=device, dtype=dtype,
                         offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                         attention_slicing=attention_slicing, compile=compile_, scheduler=scheduler,

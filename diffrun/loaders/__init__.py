@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,22 @@ class LoadedInput:
     image: Image.Image
     data: bytes
     """The exact original bytes (b"" for a PIL image passed in)."""
-    sha256: str
-    """Hex digest of `data` (for a PIL image passed in: of its PNG encoding)."""
     format: str
     """The detected format: "PNG", "JPEG", ... ("PIL" for an image passed in without one)."""
     final_url: str | None = None
     saved_path: Path | None = None
+    digest: str | None = field(default=None, repr=False, compare=False)
+    """The sha256 when already known; read `sha256`, which fills this in on first use."""
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of `data` (for a PIL image passed in: of its PNG encoding), computed once, when first asked.
+
+        Lazy because a plain load_image() never needs it; two threads asking at once both get the same value.
+        """
+        if self.digest is None:
+            self.digest = hashlib.sha256(self.data).hexdigest()
+        return self.digest
 
     @property
     def width(self) -> int:
@@ -99,8 +109,7 @@ def load_input(source: Any, policy: FetchPolicy | None = None, *, mode: str = "R
     if raw.image is not None:
         return _from_pil(raw, policy, mode, _store(store, save_dir))
     decoded = decode_image(raw.data, policy, mode=mode, display=display)
-    loaded = LoadedInput(source=display, image=decoded.image, data=raw.data,
-                         sha256=hashlib.sha256(raw.data).hexdigest(), format=decoded.format,
+    loaded = LoadedInput(source=display, image=decoded.image, data=raw.data, format=decoded.format,
                          final_url=raw.final_url)
     target = _store(store, save_dir)
     if target is not None:
@@ -178,8 +187,8 @@ def _from_pil(raw: RawInput, policy: FetchPolicy, mode: str, store: InputStore |
         raise
     except PIL_ERRORS as e:
         raise InputError(raw.display, f"cannot use this image: {e}") from None
-    loaded = LoadedInput(source=raw.display, image=image, data=b"", sha256=hashlib.sha256(png).hexdigest(),
-                         format=src.format or "PIL")
+    loaded = LoadedInput(source=raw.display, image=image, data=b"", format=src.format or "PIL",
+                         digest=hashlib.sha256(png).hexdigest())
     if store is not None:
         loaded.saved_path = _save(store, png, loaded, "PNG", None)
     return loaded

@@ -14,7 +14,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from diffrun.errors import InputError
 from diffrun.loaders.policy import FetchPolicy
@@ -75,8 +75,9 @@ def decode_image(data: bytes, policy: FetchPolicy | None = None, *, mode: str = 
                 raise InputError(display, _bomb_reason(e, policy), hint=_PIXELS_HINT) from None
             except PIL_ERRORS as e:
                 raise InputError(display, f"truncated or corrupt image data ({_describe(e)})") from None
-            out = ImageOps.exif_transpose(im)
-            out = normalise(out, policy, mode=mode)
+            out = _oriented(im)
+            # A new image from transposing is ours to reuse; the opened file is copied once, at most.
+            out = _normalised(out, policy, mode, owned=out is not im)
     except InputError:
         raise
     except PIL_ERRORS as e:
@@ -103,19 +104,40 @@ def _open(data: bytes, fmt: str, policy: FetchPolicy, display: str) -> ImageFile
 
 def normalise(im: Image.Image, policy: FetchPolicy, *, mode: str = "RGB") -> Image.Image:
     """A new, detached image in `mode`: deep images scaled to 8 bits, transparency composited."""
+    return _normalised(im, policy, mode, owned=False)
+
+
+def _normalised(im: Image.Image, policy: FetchPolicy, mode: str, *, owned: bool) -> Image.Image:
+    """normalise(); `owned`: `im` is a plain image nobody else holds, returned as is when already in `mode`.
+
+    Every step that changes the image makes a new one, so the copy that detaches the result from
+    the caller's image is made only when no step ran (Pillow's convert() to the same mode copies too).
+    """
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        im = _to_8bit(im)
+        im, owned = _to_8bit(im), True
     if mode == "RGBA":
-        return im.convert("RGBA")
-    if _has_alpha(im):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*policy.background, 255))
-        im = Image.alpha_composite(background, rgba).convert("RGB")
-    elif im.mode not in ("RGB", "L"):
-        im = im.convert("RGB")  # CMYK (Adobe inversion done by Pillow), P, 1, YCbCr, LAB...
-    out = im.convert(mode) if im.mode != mode else im.copy()
+        out = im if owned and im.mode == "RGBA" else im.convert("RGBA")
+    else:
+        if _has_alpha(im):
+            rgba = im.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (*policy.background, 255))
+            im, owned = Image.alpha_composite(background, rgba).convert("RGB"), True
+        elif im.mode not in ("RGB", "L"):
+            im, owned = im.convert("RGB"), True  # CMYK (Adobe inversion done by Pillow), P, 1, YCbCr, LAB...
+        out = im if owned and im.mode == mode else im.convert(mode)
     out.load()
     return out
+
+
+def _oriented(im: Image.Image) -> Image.Image:
+    """`im` turned upright by its EXIF orientation: a new image, or `im` itself when it has none but 1.
+
+    ImageOps.exif_transpose copies the whole image even when there is nothing to turn; looking at
+    the tag first (Pillow parses and caches the EXIF block once) skips that copy for most inputs.
+    """
+    if im.getexif().get(ExifTags.Base.Orientation, 1) in (1, None):
+        return im
+    return ImageOps.exif_transpose(im)
 
 
 def _has_alpha(im: Image.Image) -> bool:

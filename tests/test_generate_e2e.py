@@ -143,3 +143,13 @@ def test_image_to_video(tiny_svd: Path, tmp_path: Path, suffix: str) -> None:
         import imageio.v3 as iio
 
         assert len(list(iio.imiter(out))) == 3
+
+
+def test_size_on_image_to_image_resizes_the_input(tiny_sd: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sized.png"
+    summary = ok(diffrun("generate", "-m", str(tiny_sd), *FAST, "-i", str(SAMPLE), "-p", "x", "-W", "64", "-H", "32",
+                         "-o", str(out), "--json"))
+    assert summary["task"] == "image-to-image"
+    with Image.open(out) as img:
+        assert img.size == (64, 32)
+        assert json.loads(img.text["diffrun"])["args"]["width"] == 64

@@ -27,6 +27,7 @@ from diffrun.errors import Exit, UsageError
 from diffrun.jobs import Job
 
 BATCH = "Batch"
+RAY = "Engine"
 DEFAULT_OUTPUT = "diffrun-batch"
 
 
@@ -101,6 +102,19 @@ def batch(
     = False,
     manifest_format: Annotated[str, typer.Option("--manifest-format", rich_help_panel=BATCH,
                                                  help="auto, jsonl or csv.")] = "auto",
+    engine_name: Annotated[str, typer.Option("--engine", envvar="DIFFRUN_ENGINE", rich_help_panel=RAY,
+                                             help="local (this process) or ray (Ray Data; pip install "
+                                                  "'diffrun[ray]').")] = "local",
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", envvar="DIFFRUN_RAY_ADDRESS", rich_help_panel=RAY,
+        help="Ray cluster to join: auto (the one running here) or HOST:PORT [default: a local Ray for the run].")]
+    = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, envvar="DIFFRUN_WORKERS", rich_help_panel=RAY,
+        help="Ray inference actors, each loading the model once [default: one per GPU, else 1].")] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option(
+        "--gpus-per-worker", min=0.0, envvar="DIFFRUN_GPUS_PER_WORKER", rich_help_panel=RAY,
+        help="GPUs per Ray actor (fractions share a GPU) [default: 1 when the cluster has GPUs, else 0].")] = None,
     revision: mo.Revision = None,
     variant: mo.Variant = None,
     device: mo.Device = "auto",
@@ -136,6 +150,7 @@ def batch(
     from diffrun.manifest import load_manifest
 
     console.State.quiet = console.State.quiet or quiet
+    ray_options = _ray_options(engine_name, ray_address, workers, gpus_per_worker)
     if manifest_format not in ("auto", "jsonl", "csv"):
         raise UsageError(f"--manifest-format: {manifest_format!r} is not one of auto, jsonl, csv")
     folder, template, log_path = output_plan(output, results)
@@ -178,8 +193,14 @@ def batch(
                 bar.console.print(f"[red]failed[/red] {record['id']}: {record['error']['message']}",
                                   markup=True, highlight=False)
 
-        summary = engine.run_batch(jobs, config, should_stop=lambda: stop.requested, on_result=on_result,
-                                   on_status=lambda text: bar.update(task, status=text))
+        hooks = {"should_stop": lambda: stop.requested, "on_result": on_result,
+                 "on_status": lambda text: bar.update(task, status=text)}
+        if ray_options is None:
+            summary = engine.run_batch(jobs, config, **hooks)
+        else:
+            from diffrun.engine.ray_engine import run_ray_batch
+
+            summary = run_ray_batch(jobs, config, ray_options, **hooks)
     if not console.State.quiet:
         console.err.print(summary_table(summary))
         console.info(f"results: {log_path}")
@@ -188,6 +209,22 @@ def batch(
         raise typer.Exit(Exit.INTERRUPTED)
     if not summary.all_ok:
         raise typer.Exit(Exit.JOBS_FAILED)
+
+
+def _ray_options(engine: str, address: str | None, workers: int | None, gpus: float | None) -> Any:
+    """RayOptions for `--engine ray` (UsageError with the install command when Ray is missing); None for local."""
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine: {engine!r} is not one of local, ray")
+    if engine == "local":
+        given = [flag for flag, value in (("--ray-address", address), ("--workers", workers),
+                                          ("--gpus-per-worker", gpus)) if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} is an option of the Ray engine", hint="add --engine ray")
+        return None
+    from diffrun.engine.ray_engine import RayOptions, require_ray
+
+    require_ray()
+    return RayOptions(address=address, workers=workers, gpus_per_worker=gpus)
 
 
 class _RateColumn(ProgressColumn):

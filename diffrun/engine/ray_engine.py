@@ -48,7 +48,7 @@ class RayOptions:
 def require_ray() -> None:
     """UsageError (exit 2) with the install command when Ray (with Ray Data) is not installed."""
     try:
-        import ray  # noqa: F401
+        import ray
         import ray.data  # noqa: F401
     except ImportError as exc:
         raise UsageError(f"--engine ray needs Ray with Ray Data, which is not installed ({exc})",
@@ -140,7 +140,7 @@ class RayBatchRunner(BatchRunner):
                  num_cpus=_LOADER_CPUS)
             .map_batches(rw.InferenceActor, fn_constructor_kwargs={"config": config, "flag": flag},
                          compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus, num_cpus=cpus,
-                         batch_size=self.config.batch_size, max_restarts=0)
+                         batch_size=self.config.batch_size)
         )
         self.on_status(f"running on {workers} Ray worker{'s' * (workers > 1)}")
         done = threading.Event()

@@ -9,7 +9,7 @@ from typing import Any
 from diffrun.errors import OutOfMemoryError, UsageError
 from diffrun.pipelines.models import LoadedModel, Output, Request
 from diffrun.pipelines.runtime import first_line
-from diffrun.pipelines.tasks import batch_key, call_parameters, resolve
+from diffrun.pipelines.tasks import SIZE_ARGS, batch_key, call_parameters, resized_images, resolve
 
 OOM_HINT = "try --offload model, --vae-tiling, or a smaller --width/--height"
 
@@ -69,8 +69,9 @@ def run(model: LoadedModel, requests: list[Request],
         kwargs["prompt"] = [r.prompt for r in requests]
     if first.negative_prompt is not None:
         kwargs["negative_prompt"] = [r.negative_prompt for r in requests]
+    images = [resized_images(pipe, r) for r in requests]
     for name in first.images:
-        values = [r.images[name] for r in requests]
+        values = [i[name] for i in images]
         kwargs[name] = values[0] if len(values) == 1 else values
     if "generator" in names:
         kwargs["generator"] = _generators(requests, count)
@@ -106,6 +107,9 @@ def _outputs(result: Any, requests: list[Request], task: str, pipeline: str,
     outputs = []
     for i, request in enumerate(requests):
         call_args = {k: _jsonable(v) for k, v in args.items()}
+        for name in SIZE_ARGS:  # applied to the input image when the pipeline takes no size: still recorded
+            if name in request.args:
+                call_args.setdefault(name, request.args[name])
         if request.prompt is not None:
             call_args["prompt"] = request.prompt
         if request.negative_prompt is not None:

@@ -129,6 +129,8 @@ def adapt_args(pipe: Any, request: Request) -> dict[str, Any]:
             raise UsageError(f"{cls} does not take argument {name!r}")
     args: dict[str, Any] = {}
     for name, value in request.args.items():
+        if name in SIZE_ARGS and name not in names and "image" in request.images:
+            continue  # the pipeline takes its size from the image: resized_images() applies it there
         if name in RESERVED:
             raise UsageError(f"argument {name!r} is set by diffrun, not by --param")
         if name in request.images:
@@ -140,6 +142,26 @@ def adapt_args(pipe: Any, request: Request) -> dict[str, Any]:
             raise UsageError(f"{cls} does not take argument {name!r}")
         args[target] = value
     return args
+
+
+SIZE_ARGS = ("width", "height")
+
+
+def resized_images(pipe: Any, request: Request) -> dict[str, Any]:
+    """request.images, with `image` cropped and resized to --width/--height when the pipeline itself
+    takes no size (image-to-image pipelines size their output from the input)."""
+    names, _ = call_parameters(pipe)
+    width, height = (request.args.get(n) if n not in names else None for n in SIZE_ARGS)
+    image = request.images.get("image")
+    if not (width or height) or image is None or isinstance(image, (list, tuple)):
+        return request.images
+    from PIL import ImageOps
+
+    w, h = image.size
+    width = int(width or round(w * int(height) / h))
+    height = int(height or round(h * width / w))
+    size = (max(8, width // 8 * 8), max(8, height // 8 * 8))
+    return {**request.images, "image": ImageOps.fit(image, size)}
 
 
 def resolve(model: LoadedModel, request: Request) -> tuple[str, Any, dict[str, Any]]:

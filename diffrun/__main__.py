@@ -1,3 +1,3 @@
-from diffrun.cli.app import main
+from diffrun.cli.app import entry
 
-main()
+entry()

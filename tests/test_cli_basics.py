@@ -21,7 +21,7 @@ HEAVY = ("torch", "diffusers", "transformers")
 def test_start_imports_nothing_heavy(argv: list[str]) -> None:
     code = (
         "import sys\nfrom diffrun.cli.app import main\n"
-        f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    code = e.code\n"
+        f"code = main({argv!r})\n"
         f"print(repr([m for m in {HEAVY!r} if m in sys.modules]), code, file=sys.stderr)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -120,14 +120,19 @@ _NO_RAY = """
 import sys
 import diffrun, diffrun.engine.batch, diffrun.engine.ray_engine
 from diffrun.cli.app import main
-for argv in (["--help"], ["batch", "--help"]):
+
+def run(argv):
     try:
-        main(argv)
+        return main(argv)
     except SystemExit as e:
-        assert e.code == 0, e.code
+        return e.code
+
+for argv in (["--help"], ["batch", "--help"]):
+    assert run(argv) in (0, None), argv
 assert "ray" not in sys.modules, "importing diffrun or --help imported ray"
+assert run(sys.argv[1:-2] + ["--workers", "2"]) == 2  # a Ray option without --engine ray
 sys.modules["ray"] = None  # from here on, as if ray were not installed
-main(sys.argv[1:])
+sys.exit(run(sys.argv[1:]))
 """
 
 
@@ -139,5 +144,6 @@ def test_without_ray_exit_2_with_install_hint_and_no_import(tmp_path: Path) -> N
     err = proc.stderr.decode()
     assert proc.returncode == 2, err[-3000:]
     assert "pip install 'diffrun[ray]'" in err and "Traceback" not in err
+    assert "--workers is an option of the Ray engine" in err
     assert "--engine" in proc.stdout.decode()  # the batch help listed the option
     assert not (tmp_path / "diffrun-batch").exists()

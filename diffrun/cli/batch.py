@@ -104,17 +104,18 @@ def batch(
                                                  help="auto, jsonl or csv.")] = "auto",
     engine_name: Annotated[str, typer.Option("--engine", envvar="DIFFRUN_ENGINE", rich_help_panel=RAY,
                                              help="local (this process) or ray (Ray Data; pip install "
-                                                  "'diffrun[ray]').")] = "local",
+                                                  "'diffrun\\[ray]').")] = "local",
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", envvar="DIFFRUN_RAY_ADDRESS", rich_help_panel=RAY,
-        help="Ray cluster to join: auto (the one running here) or HOST:PORT [default: a local Ray for the run].")]
+        help="Ray cluster to join: auto (the one running here) or HOST:PORT "
+             "\\[default: $RAY_ADDRESS, else a local Ray for the run].")]
     = None,
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, envvar="DIFFRUN_WORKERS", rich_help_panel=RAY,
-        help="Ray inference actors, each loading the model once [default: one per GPU, else 1].")] = None,
+        help="Ray inference actors, each loading the model once \\[default: one per GPU, else 1].")] = None,
     gpus_per_worker: Annotated[float | None, typer.Option(
         "--gpus-per-worker", min=0.0, envvar="DIFFRUN_GPUS_PER_WORKER", rich_help_panel=RAY,
-        help="GPUs per Ray actor (fractions share a GPU) [default: 1 when the cluster has GPUs, else 0].")] = None,
+        help="GPUs per Ray actor (fractions share a GPU) \\[default: 1 when the cluster has GPUs, else 0].")] = None,
     revision: mo.Revision = None,
     variant: mo.Variant = None,
     device: mo.Device = "auto",

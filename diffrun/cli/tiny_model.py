@@ -17,10 +17,12 @@ def tiny_model(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty.")] = False,
     json_out: options.Json = False,
+    quiet: options.Quiet = False,
 ) -> None:
     """Write a tiny diffusers pipeline (a few MB, seeded random weights, nothing downloaded)."""
     from diffrun import pipelines
 
+    console.State.quiet = console.State.quiet or quiet
     if kind not in pipelines.TINY_KINDS:
         raise UsageError(f"unknown --kind {kind!r}", hint="choose one of: " + ", ".join(pipelines.TINY_KINDS))
     if directory.exists() and any(directory.iterdir()) and not overwrite:

@@ -120,7 +120,12 @@ def plan_resume(jobs: list[Job], results: Path, *, retry_failed: bool, force: bo
 
 
 class BatchRunner:
-    """Runs a list of jobs once; `run()` returns the Summary. Not reusable."""
+    """Runs a list of jobs once; `run()` returns the Summary. Not reusable.
+
+    The Ray engine reuses it (engine/ray_engine.py, engine/ray_workers.py) by overriding three hooks:
+    `_run(todo)` runs the jobs still to do, `_load(job)` gives one job's inputs, `_emit(record)`
+    takes one result record. Keep their signatures (tests/test_ray.py checks the two engines agree).
+    """
 
     def __init__(self, jobs: list[Job], config: BatchConfig, *, should_stop: Callable[[], bool] | None = None,
                  on_result: OnResult | None = None, on_status: Callable[[str], None] | None = None,

@@ -36,7 +36,7 @@ _LOADER_CPUS = 0.25
 @dataclass
 class RayOptions:
     address: str | None = None
-    """None: start a local Ray for this run; "auto": join the cluster running here; else a cluster address."""
+    """None: $RAY_ADDRESS if set, else a local Ray for this run; "auto": the cluster running here; or HOST:PORT."""
     workers: int | None = None
     """Inference actors (None: one per GPU of the cluster, or 1 without GPUs)."""
     gpus_per_worker: float | None = None
@@ -66,15 +66,18 @@ def connect(options: RayOptions, on_status: Callable[[str], None]) -> bool:
     if ray.is_initialized():
         return False
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
-                              "runtime_env": {"env_vars": _worker_env()}}
+    address = options.address or os.environ.get("RAY_ADDRESS") or None  # `ray job submit` sets RAY_ADDRESS
+    common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address and not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        # A cluster started elsewhere does not share this shell's environment; a submitted Ray job has its own.
+        common["runtime_env"] = {"env_vars": _worker_env()}
     try:
-        if options.address:
-            on_status(f"joining Ray at {options.address}")
+        if address:
+            on_status(f"joining Ray at {address}")
             try:
-                ray.init(address=options.address, **common)
+                ray.init(address=address, **common)
             except ConnectionError as exc:
-                raise UsageError(f"--ray-address {options.address}: cannot connect to Ray: {exc}",
+                raise UsageError(f"--ray-address {address}: cannot connect to Ray: {exc}",
                                  hint="start one with `ray start --head`, or leave --ray-address out") from None
         else:
             on_status("starting a local Ray")

@@ -132,7 +132,8 @@ class RayBatchRunner(BatchRunner):
         workers, gpus, cpus = plan_workers(self.options, ray.cluster_resources())
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes are not diffrun's to show
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # warnings (e.g. resources) stay on stderr
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
         flag = ray.remote(num_cpus=0)(rw.StopFlag).remote()
         config = replace(self.config, save_inputs=None)
         save_dir = str(self.config.save_inputs.resolve()) if self.config.save_inputs else None

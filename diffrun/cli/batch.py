@@ -20,8 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from diffrun.cli import console, options
+from diffrun.cli import job_options as jo
 from diffrun.cli import model_options as mo
-from diffrun.cli.generate import Images, Inputs, Mask
 from diffrun.cli.options import OUTPUT, SAMPLING
 from diffrun.errors import Exit, UsageError
 from diffrun.jobs import Job
@@ -54,35 +54,31 @@ def output_plan(output: str | None, results: Path | None) -> tuple[Path, str | N
 
 def batch(
     manifest: Annotated[str, typer.Argument(metavar="MANIFEST", help="JSON Lines or CSV manifest, or - for stdin.")],
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Default prompt of every row.")] = None,
-    negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", "-n", help="Default negative prompt.")]
-    = None,
+    prompt: jo.Prompt = None,
+    negative_prompt: jo.NegativePrompt = None,
     model: mo.Model = None,
-    image: Images = None,
-    mask: Mask = None,
-    input_: Inputs = None,
-    steps: Annotated[int | None, typer.Option("--steps", min=1, rich_help_panel=SAMPLING)] = None,
-    guidance: Annotated[float | None, typer.Option("--guidance", rich_help_panel=SAMPLING)] = None,
-    strength: Annotated[float | None, typer.Option("--strength", min=0.0, max=1.0, rich_help_panel=SAMPLING)] = None,
+    image: jo.Images = None,
+    mask: jo.Mask = None,
+    input_: jo.Inputs = None,
+    steps: jo.Steps = None,
+    guidance: jo.Guidance = None,
+    strength: jo.Strength = None,
     seed: Annotated[list[int] | None, typer.Option(
         "--seed", "-s", rich_help_panel=SAMPLING,
         help="Base seed: a row without a seed gets SEED + its index (default 0; repeatable).")] = None,
-    num_images: Annotated[int | None, typer.Option("--num-images", min=1, rich_help_panel=SAMPLING)] = None,
-    width: Annotated[int | None, typer.Option("--width", "-W", min=8, rich_help_panel=SAMPLING)] = None,
-    height: Annotated[int | None, typer.Option("--height", "-H", min=8, rich_help_panel=SAMPLING)] = None,
-    frames: Annotated[int | None, typer.Option("--frames", min=1, rich_help_panel=SAMPLING)] = None,
-    fps: Annotated[int | None, typer.Option("--fps", min=1, rich_help_panel=OUTPUT)] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", rich_help_panel=SAMPLING,
-                                                    help="Default call argument KEY=VALUE (JSON value).")] = None,
+    num_images: jo.NumImages = None,
+    width: jo.Width = None,
+    height: jo.Height = None,
+    frames: jo.Frames = None,
+    fps: jo.Fps = None,
+    param: jo.Params = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", envvar="DIFFRUN_OUTPUT", rich_help_panel=OUTPUT,
         help=f"Output folder (files named {{id}}.png), or a name template with {{id}} [default: {DEFAULT_OUTPUT}]."
     )] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", rich_help_panel=OUTPUT,
-                                            help="Replace existing files.")] = False,
-    quality: Annotated[int | None, typer.Option("--quality", min=1, max=100, rich_help_panel=OUTPUT)] = None,
-    sidecar: Annotated[bool, typer.Option("--sidecar", rich_help_panel=OUTPUT,
-                                          help="Also write <output>.json with the recipe.")] = False,
+    overwrite: jo.Overwrite = False,
+    quality: jo.Quality = None,
+    sidecar: jo.Sidecar = False,
     results: Annotated[Path | None, typer.Option(
         "--results", envvar="DIFFRUN_RESULTS", rich_help_panel=BATCH,
         help="Results log, one JSON line per job [default: results.jsonl in the output folder].")] = None,
@@ -155,11 +151,10 @@ def batch(
     if manifest_format not in ("auto", "jsonl", "csv"):
         raise UsageError(f"--manifest-format: {manifest_format!r} is not one of auto, jsonl, csv")
     folder, template, log_path = output_plan(output, results)
-    defaults = Job(
-        prompt=prompt, negative_prompt=negative_prompt, image=list(image or []), mask=mask,
-        inputs=options.parse_inputs(input_), params=options.parse_params(param), seeds=list(seed or []),
-        steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames, fps=fps,
-        num_images=num_images, output=template,
+    defaults = jo.job_from_options(
+        prompt=prompt, negative_prompt=negative_prompt, image=image, mask=mask, input_=input_, param=param,
+        seed=seed, steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames,
+        fps=fps, num_images=num_images, output=template,
     )
     if "-" in defaults.image or defaults.mask == "-":
         raise UsageError("batch inputs cannot come from stdin (-)")

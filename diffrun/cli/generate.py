@@ -10,52 +10,37 @@ from typing import Annotated
 import typer
 
 from diffrun.cli import console, options
+from diffrun.cli import job_options as jo
 from diffrun.cli import model_options as mo
 from diffrun.cli.options import OUTPUT, SAMPLING
 from diffrun.errors import DiffrunError, UsageError
 from diffrun.jobs import Job
 
-Images = Annotated[list[str] | None, typer.Option(
-    "--image", "-i", rich_help_panel="Inputs", help="Input image REF: path, URL, data: URI or - (repeatable).")]
-Mask = Annotated[str | None, typer.Option("--mask", rich_help_panel="Inputs", help="Inpainting mask REF.")]
-Inputs = Annotated[list[str] | None, typer.Option(
-    "--input", rich_help_panel="Inputs", help="Any other image argument: NAME=REF (repeat NAME for a list).")]
-
 
 def generate(
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="What to generate.")] = None,
-    negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", "-n", help="What to avoid.")] = None,
+    prompt: jo.Prompt = None,
+    negative_prompt: jo.NegativePrompt = None,
     model: mo.Model = None,
-    image: Images = None,
-    mask: Mask = None,
-    input_: Inputs = None,
-    steps: Annotated[int | None, typer.Option("--steps", min=1, rich_help_panel=SAMPLING,
-                                              help="Denoising steps.")] = None,
-    guidance: Annotated[float | None, typer.Option("--guidance", rich_help_panel=SAMPLING,
-                                                   help="Guidance scale.")] = None,
-    strength: Annotated[float | None, typer.Option("--strength", min=0.0, max=1.0, rich_help_panel=SAMPLING,
-                                                   help="How much image-to-image changes the input.")] = None,
+    image: jo.Images = None,
+    mask: jo.Mask = None,
+    input_: jo.Inputs = None,
+    steps: jo.Steps = None,
+    guidance: jo.Guidance = None,
+    strength: jo.Strength = None,
     seed: Annotated[list[int] | None, typer.Option("--seed", "-s", rich_help_panel=SAMPLING,
                                                    help="Seed (repeatable: one output set per seed).")] = None,
-    num_images: Annotated[int | None, typer.Option("--num-images", min=1, rich_help_panel=SAMPLING,
-                                                   help="Images per seed.")] = None,
-    width: Annotated[int | None, typer.Option("--width", "-W", min=8, rich_help_panel=SAMPLING)] = None,
-    height: Annotated[int | None, typer.Option("--height", "-H", min=8, rich_help_panel=SAMPLING)] = None,
-    frames: Annotated[int | None, typer.Option("--frames", min=1, rich_help_panel=SAMPLING,
-                                               help="Video frames.")] = None,
-    fps: Annotated[int | None, typer.Option("--fps", min=1, rich_help_panel=OUTPUT,
-                                            help="Frame rate of written videos.")] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", rich_help_panel=SAMPLING,
-                                                    help="Any other call argument KEY=VALUE (JSON value).")] = None,
+    num_images: jo.NumImages = None,
+    width: jo.Width = None,
+    height: jo.Height = None,
+    frames: jo.Frames = None,
+    fps: jo.Fps = None,
+    param: jo.Params = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", envvar="DIFFRUN_OUTPUT", rich_help_panel=OUTPUT,
         help="File, folder, name template ({seed} {index} {date} {time} {model}) or - for stdout.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", rich_help_panel=OUTPUT,
-                                            help="Replace existing files.")] = False,
-    quality: Annotated[int | None, typer.Option("--quality", min=1, max=100, rich_help_panel=OUTPUT,
-                                                help="JPEG/WebP quality.")] = None,
-    sidecar: Annotated[bool, typer.Option("--sidecar", rich_help_panel=OUTPUT,
-                                          help="Also write <output>.json with the recipe.")] = False,
+    overwrite: jo.Overwrite = False,
+    quality: jo.Quality = None,
+    sidecar: jo.Sidecar = False,
     from_: Annotated[Path | None, typer.Option(
         "--from", help="Rerun the recipe in a diffrun output (or its .json); flags override it.")] = None,
     revision: mo.Revision = None,
@@ -86,11 +71,10 @@ def generate(
     console.State.quiet = console.State.quiet or quiet
     if json_out and output == "-":
         raise UsageError("--json and -o - both write to stdout; choose one")
-    flags = Job(
-        prompt=prompt, negative_prompt=negative_prompt, image=list(image or []), mask=mask,
-        inputs=options.parse_inputs(input_), params=options.parse_params(param), seeds=list(seed or []),
-        steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames, fps=fps,
-        num_images=num_images, output=output,
+    flags = jo.job_from_options(
+        prompt=prompt, negative_prompt=negative_prompt, image=image, mask=mask, input_=input_, param=param,
+        seed=seed, steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames,
+        fps=fps, num_images=num_images, output=output,
     )
     recipe_model = None
     if from_ is not None:

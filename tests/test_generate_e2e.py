@@ -153,3 +153,23 @@ def test_size_on_image_to_image_resizes_the_input(tiny_sd: Path, tmp_path: Path)
     with Image.open(out) as img:
         assert img.size == (64, 32)
         assert json.loads(img.text["diffrun"])["args"]["width"] == 64
+
+
+def test_image_to_image_from_a_url_that_answers_503_once(tiny_sd: Path, server, tmp_path: Path) -> None:
+    url = server.add("/flaky.png", body=SAMPLE.read_bytes(), content_type="image/png", faults=[503])
+    out = tmp_path / "flaky.png"
+    summary = ok(gen(tiny_sd, "-p", "x", "-i", url, "-o", str(out), "--json", "--save-inputs", str(tmp_path / "in")))
+    assert summary["task"] == "image-to-image"
+    assert server.count("/flaky.png") == 2  # the 503, then the retry that worked
+    saved = [p for p in (tmp_path / "in").iterdir() if p.suffix == ".png"]
+    assert len(saved) == 1 and saved[0].read_bytes() == SAMPLE.read_bytes()
+    assert summary["inputs"]["image"][0]["source"] == url
+
+
+def test_env_json() -> None:
+    proc = diffrun("env", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["diffrun"] and info["python"] and info["pillow"]
+    assert info["versions"]["torch"] and info["versions"]["diffusers"]
+    assert info["offline"] is True and isinstance(info["devices"], list)

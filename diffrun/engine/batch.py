@@ -17,8 +17,10 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from diffrun.pipelines import LoadedModel, ModelOptions, Request
 
 OnResult = Callable[[dict[str, Any]], None]
+WRITE_AHEAD = 4
+"""Micro-batches whose outputs may wait for the writer thread (bounds the images held in memory)."""
 
 
 @dataclass
@@ -141,6 +145,9 @@ class BatchRunner:
         self._log = ResultsLog(config.results)
         self._claimed: set[str] = set()
         self._failed_fast = False
+        self._lock = threading.Lock()  # summary counts: the writer thread updates them too
+        self._writer: ThreadPoolExecutor | None = None
+        self._write_slots = threading.BoundedSemaphore(WRITE_AHEAD)
 
     # -- results -------------------------------------------------------------------------------
     def _emit(self, record: dict[str, Any]) -> None:
@@ -149,7 +156,8 @@ class BatchRunner:
 
     def _fail(self, job: Job, exc: BaseException, inputs: jobrun.JobInputs | None = None,
               timings: dict[str, float] | None = None) -> None:
-        self.summary.failed += 1
+        with self._lock:
+            self.summary.failed += 1
         self._emit(_record(job, FAILED, inputs=inputs.hashes() if inputs else {},
                            timings={k: round(v, 4) for k, v in (timings or {}).items()}, error=error_info(exc)))
         if self.config.fail_fast:
@@ -214,6 +222,7 @@ class BatchRunner:
         finally:
             self.summary.seconds["waiting"] = prefetcher.wait_seconds
             prefetcher.close()
+            self._finish_writes()
 
     def _ensure_model(self) -> LoadedModel:
         if self.model is None:
@@ -321,6 +330,20 @@ class BatchRunner:
         return on_step
 
     def _write(self, item: _Ready, results: list[Any], timings: dict[str, float], batch: int) -> None:
+        """Hand the outputs to the writer thread, so encoding and saving overlap the next inference."""
+        self._write_slots.acquire()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffrun-writer")
+        future = self._writer.submit(self._write_now, item, results, timings, batch)
+        future.add_done_callback(lambda _: self._write_slots.release())
+
+    def _finish_writes(self) -> None:
+        """Wait for every queued write: a stop never leaves a job written but unlogged."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+
+    def _write_now(self, item: _Ready, results: list[Any], timings: dict[str, float], batch: int) -> None:
         started = time.perf_counter()
         overwrite = self.config.overwrite or self.config.force
         try:
@@ -331,9 +354,10 @@ class BatchRunner:
             self._fail(item.job, exc, item.inputs, timings)
             return
         timings["write"] = time.perf_counter() - started
-        self.summary.seconds["writing"] += timings["write"]
-        self.summary.ok += 1
-        self.summary.images += len(written)
+        with self._lock:
+            self.summary.seconds["writing"] += timings["write"]
+            self.summary.ok += 1
+            self.summary.images += len(written)
         self._emit(_record(item.job, OK, outputs=written, inputs=item.inputs.hashes(), batch=batch,
                            timings={k: round(v, 4) for k, v in timings.items()}))
 

@@ -118,6 +118,10 @@ def load_loras(pipe: Any, loras: list[tuple[str, float]]) -> None:
         return
     if not hasattr(pipe, "load_lora_weights"):
         raise UsageError(f"--lora: {type(pipe).__name__} does not support LoRA weights")
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise UsageError("--lora needs the peft package", hint="pip install 'diffrun[lora]'")
     names = []
     for i, (ref, _scale) in enumerate(loras):
         name = f"lora{i}"

@@ -295,3 +295,12 @@ def test_environment_reports_versions_and_devices() -> None:
     assert env["offline"] is True
     assert isinstance(env["cuda_available"], bool) and env["hf_cache"]
     json.dumps(env)
+
+
+def test_sibling_classes_by_family_name(sd: LoadedModel, svd: LoadedModel) -> None:
+    from diffrun.pipelines.tasks import _sibling_class
+
+    assert _sibling_class(sd.pipe, "image-to-image").__name__ == "StableDiffusionImg2ImgPipeline"
+    assert _sibling_class(sd.pipe, "inpainting").__name__ == "StableDiffusionInpaintPipeline"
+    assert _sibling_class(svd.pipe, "text-to-image") is None  # no StableVideoDiffusion text-to-image class
+    assert _sibling_class(sd.pipe, "image-to-video") is None

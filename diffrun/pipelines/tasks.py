@@ -30,12 +30,13 @@ _AUTO_CLASSES = {
 
 
 def call_parameters(pipe: Any) -> tuple[set[str], bool]:
-    """The names __call__ takes, and whether it passes any other keyword on (**kwargs).
+    """The names __call__ takes (of a pipeline or a pipeline class), and whether it passes any other
+    keyword on (**kwargs).
 
     diffusers' own pipelines keep **kwargs only to pop deprecated arguments and drop the rest
     silently, so for them **kwargs does not count; custom (community) pipelines' does.
     """
-    call = type(pipe).__call__
+    call = (pipe if isinstance(pipe, type) else type(pipe)).__call__
     params = inspect.signature(call).parameters
     names = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -70,6 +71,31 @@ def wanted_task(pipe: Any, request: Request) -> str:
     return f"text-to-{medium}"
 
 
+_SIBLING_INFIX = {"text-to-image": "", "image-to-image": "Img2Img", "inpainting": "Inpaint"}
+
+
+def _sibling_class(pipe: Any, task: str) -> Any | None:
+    """The same family's pipeline class for `task` by diffusers' naming (StableDiffusionPipeline ->
+    StableDiffusionImg2ImgPipeline), when it exists and its __call__ fits. It is what AutoPipeline picks
+    for these families, without importing AutoPipeline's table of every pipeline (about half a second)."""
+    import diffusers
+
+    name = type(pipe).__name__
+    if task not in _SIBLING_INFIX or not name.endswith("Pipeline"):
+        return None
+    stem = name[: -len("Pipeline")]
+    for infix in _SIBLING_INFIX.values():
+        if infix and stem.endswith(infix):
+            stem = stem[: -len(infix)]
+    try:
+        cls = getattr(diffusers, f"{stem}{_SIBLING_INFIX[task]}Pipeline")
+    except (AttributeError, ImportError, RuntimeError):  # no such class, or one whose extras are missing
+        return None
+    if not isinstance(cls, type) or not hasattr(cls, "from_pipe"):
+        return None
+    return cls if pipeline_task(cls) == task else None
+
+
 def _switch(pipe: Any, task: str, dtype: str) -> Any | None:
     """AutoPipelineFor<task>.from_pipe(pipe), or None where diffusers has no such pipeline for it.
 
@@ -85,8 +111,18 @@ def _switch(pipe: Any, task: str, dtype: str) -> Any | None:
     from diffrun.pipelines.loading import dtype_kwarg
     from diffrun.pipelines.runtime import torch_dtype
 
+    kwargs = {dtype_kwarg(): torch_dtype(dtype)}
+    sibling = _sibling_class(pipe, task)
+    if sibling is not None:
+        try:
+            switched = sibling.from_pipe(pipe, **kwargs)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            switched = None
+        if switched is not None:
+            switched.set_progress_bar_config(disable=True)
+            return switched
     try:
-        switched = getattr(diffusers, name).from_pipe(pipe, **{dtype_kwarg(): torch_dtype(dtype)})
+        switched = getattr(diffusers, name).from_pipe(pipe, **kwargs)
     except (ValueError, KeyError, TypeError, AttributeError):  # diffusers' "no such pipeline" errors
         return None
     if hasattr(switched, "set_progress_bar_config"):

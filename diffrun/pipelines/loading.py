@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from diffrun.errors import DiffrunError, ModelError
+from diffrun.errors import DiffrunError, ModelError, OutOfMemoryError
 from diffrun.pipelines import runtime
 from diffrun.pipelines.models import LoadedModel, ModelOptions
 
@@ -131,6 +131,9 @@ def load_model(options: ModelOptions, on_progress: Callable[[str], None] | None 
     try:
         runtime.place(pipe, device, offload)
     except Exception as exc:  # torch raises RuntimeError/OOM/ValueError for a device it cannot use
+        if runtime.is_out_of_memory(exc):
+            raise OutOfMemoryError(f"out of memory moving model '{options.model}' to {device}",
+                                   hint="try --offload model (or sequential), or --dtype fp16") from exc
         raise ModelError(f"cannot move model '{options.model}' to {device}: {runtime.first_line(exc)}") from exc
     runtime.apply_memory_options(pipe, options.vae_tiling, options.vae_slicing, options.attention_slicing)
     if options.compile:

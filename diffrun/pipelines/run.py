@@ -8,7 +8,7 @@ from typing import Any
 
 from diffrun.errors import OutOfMemoryError, UsageError
 from diffrun.pipelines.models import LoadedModel, Output, Request
-from diffrun.pipelines.runtime import first_line
+from diffrun.pipelines.runtime import first_line, is_out_of_memory
 from diffrun.pipelines.tasks import SIZE_ARGS, batch_key, call_parameters, resized_images, resolve
 
 OOM_HINT = "try --offload model, --vae-tiling, or a smaller --width/--height"
@@ -40,14 +40,6 @@ def _jsonable(value: Any) -> Any:
         if isinstance(value, dict):
             return {str(k): _jsonable(v) for k, v in value.items()}
         return repr(value)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
-                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
-    return isinstance(exc, oom_types) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
 
 
 def run(model: LoadedModel, requests: list[Request],
@@ -90,7 +82,7 @@ def run(model: LoadedModel, requests: list[Request],
         with torch.inference_mode():
             result = pipe(**kwargs)
     except Exception as exc:
-        if _is_oom(exc):
+        if is_out_of_memory(exc):
             raise OutOfMemoryError(f"out of memory on {model.device} running {type(pipe).__name__}",
                                    hint=OOM_HINT) from exc
         if isinstance(exc, (ValueError, TypeError)):

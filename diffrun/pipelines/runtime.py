@@ -152,6 +152,16 @@ def compile_denoiser(pipe: Any) -> None:
     raise UsageError(f"--compile: {type(pipe).__name__} has no unet or transformer to compile")
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's CUDA OOM type, or the RuntimeError MPS, the CPU allocator and older torch raise for it."""
+    import torch
+
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
+    text = str(exc) if isinstance(exc, RuntimeError) else ""
+    return isinstance(exc, oom_types) or "out of memory" in text or "can't allocate memory" in text
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """An exception as one short line: its first non-empty line, else its type."""
     for line in str(exc).splitlines():

@@ -69,7 +69,7 @@ def read_rows(text: str, fmt: str) -> tuple[list[tuple[int, dict[str, Any]]], li
     rows: list[tuple[int, dict[str, Any]]] = []
     problems: list[tuple[int, str]] = []
     if fmt == "jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             try:

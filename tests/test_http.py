@@ -157,6 +157,14 @@ def test_client_errors_are_not_retried(server, status, phrase):
     assert server.count("/nope") == 1
 
 
+def test_413_with_retry_after_is_not_retried(server):
+    # urllib3 on its own retries 413 when it carries Retry-After; only the listed statuses are retried.
+    url = server.add("/big", b"no", status=413, headers={"Retry-After": "0"})
+    err = fails(url)
+    assert err.reason == "HTTP 413 Request Entity Too Large"
+    assert server.count("/big") == 1
+
+
 def test_missing_route_is_404(server):
     err = fails(server.url("/missing.png"))
     assert "HTTP 404 Not Found" in err.reason
@@ -252,6 +260,13 @@ def test_credentials_are_stripped_from_errors(server):
     assert "alice" not in str(err)
     assert "HTTP 401 Unauthorized" in str(err)
     assert server.log[-1].headers.get("Authorization", "").startswith("Basic ")
+
+
+@pytest.mark.parametrize("url", ["http://alice:s3cret@/x.png", "http://127.0.0.1:99999/x.png?token=s3cret"])
+def test_credentials_are_stripped_from_invalid_url_reasons(url):
+    err = fails(url)
+    assert err.reason.startswith("not a valid URL")
+    assert "s3cret" not in str(err)
 
 
 def test_display_overrides_the_reference(server):

@@ -121,6 +121,16 @@ def test_http_url_loads(server, tmp_path):
     assert server.count("/pics/a.jpg") == 1
 
 
+def test_json_final_url_has_no_credentials(server):
+    server.add("/pics/a.png", images.png(), content_type="image/png")
+    url = server.url("/pics/a.png").replace("http://", "http://alice:s3cret@") + "?token=abc123"
+    [result] = load_many([url], FAST)
+    assert result.ok
+    record = result.to_json()
+    assert record["final_url"] == server.url("/pics/a.png") + "?token=***"
+    assert "s3cret" not in str(record) and "abc123" not in str(record)
+
+
 def test_http_html_served_as_image(server):
     url = server.add("/page.png", images.HTML, content_type="image/png")
     with pytest.raises(InputError, match="looks like HTML"):

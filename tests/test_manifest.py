@@ -115,3 +115,12 @@ def test_detect_format_and_stdin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert manifest.lines == [2]
     with pytest.raises(ManifestError, match="not found"):
         load_manifest(str(tmp_path / "nope.jsonl"))
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators_and_crlf_lines() -> None:
+    text = json.dumps({"id": "a", "prompt": "x\u2028y\x85z"}, ensure_ascii=False) + "\r\n" + "\r\n" + "{oops\r\n"
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(text, fmt="jsonl")
+    assert [line for line, _ in info.value.problems] == [3]
+    manifest = parse_manifest(text.rsplit("{oops", 1)[0], fmt="jsonl")
+    assert manifest.jobs[0].prompt == "x\u2028y\x85z" and manifest.lines == [1]

@@ -364,3 +364,19 @@ def test_outputs_import_nothing_heavy():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_recipe_too_large_for_jpeg_metadata_still_writes(tmp_path) -> None:
+    from PIL import Image
+
+    from diffrun.outputs import write_image
+
+    recipe = {"prompt": "x" * 70_000, "seed": 1}
+    for name in ("big.jpg", "big.webp"):
+        path = write_image(Image.new("RGB", (8, 8)), tmp_path / name, recipe)
+        with Image.open(path) as img:
+            assert img.size == (8, 8)
+    # PNG has no such limit: the recipe is kept whole.
+    path = write_image(Image.new("RGB", (8, 8)), tmp_path / "big.png", recipe)
+    with Image.open(path) as img:
+        assert len(img.text["diffrun"]) > 70_000

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
+
+import pytest
 
 from diffrun.engine.batch import plan_resume
 from diffrun.engine.results import ResultsLog, is_done, read_records, settled
@@ -70,3 +73,77 @@ def test_plan_resume(tmp_path: Path) -> None:
     assert ids(plan_resume(jobs, log, retry_failed=False, force=False)) == (["c", "d", "e"], ["a", "b"])
     assert ids(plan_resume(jobs, log, retry_failed=True, force=False)) == (["b", "c", "d", "e"], ["a"])
     assert ids(plan_resume(jobs, log, retry_failed=False, force=True)) == (list("abcde"), [])
+
+
+# -- the local runner with a fake pipeline (fast, in process) -------------------------------------
+
+def _fake_pipeline(monkeypatch, tmp_path: Path, *, write=None, load=None):
+    """Patch the model, the pipeline call and the writing so BatchRunner runs in milliseconds."""
+    import types
+
+    from diffrun import pipelines
+    from diffrun.engine import jobrun
+    from diffrun.engine.batch import BatchConfig
+    from diffrun.loaders import FetchPolicy
+    from diffrun.pipelines import ModelOptions
+
+    def fake_write(job, model, inputs, results, targets, **kw):
+        if write is not None:
+            write(job)
+        for t in targets:
+            Path(t).write_bytes(b"png")
+        return list(targets)
+
+    monkeypatch.setattr(pipelines, "load_model", lambda *a, **k: types.SimpleNamespace(load_seconds=0.0))
+    monkeypatch.setattr(pipelines, "plan_task", lambda model, request: "text2image")
+    monkeypatch.setattr(pipelines, "batch_key", lambda request: "k")
+    monkeypatch.setattr(pipelines, "run", lambda model, requests, on_step=None: [object() for _ in requests])
+    monkeypatch.setattr(jobrun, "plan_job_outputs",
+                        lambda job, ref, kind, overwrite: [str(tmp_path / f"{job.id}.png")])
+    monkeypatch.setattr(jobrun, "write_job_outputs", fake_write)
+    monkeypatch.setattr(jobrun, "load_job_inputs", load or (lambda job, policy, save_dir=None: jobrun.JobInputs()))
+    return BatchConfig(model=ModelOptions(model="fake"), policy=FetchPolicy(), output_dir=tmp_path,
+                       results=tmp_path / "results.jsonl")
+
+
+def test_a_results_log_that_cannot_be_written_is_not_swallowed_by_the_writer_thread(monkeypatch,
+                                                                                      tmp_path: Path) -> None:
+    from diffrun.engine.batch import run_batch
+
+    config = _fake_pipeline(monkeypatch, tmp_path)
+
+    def broken(self, record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ResultsLog, "append", broken)
+    with pytest.raises(OSError, match="No space left"):
+        run_batch([Job(id=f"j{i}", prompt="p", seeds=[i]) for i in range(3)], config)
+
+
+def test_result_hooks_are_never_called_from_two_threads_at_once(monkeypatch, tmp_path: Path) -> None:
+    from diffrun.engine import jobrun
+    from diffrun.engine.batch import run_batch
+    from diffrun.errors import InputError
+
+    def load(job, policy, save_dir=None):
+        if int(job.id[1:]) % 2:
+            raise InputError(f"{job.id}: gone")
+        return jobrun.JobInputs()
+
+    config = _fake_pipeline(monkeypatch, tmp_path, load=load)
+    active, overlaps, seen = [0], [0], []
+    guard = threading.Lock()
+
+    def on_result(record):
+        with guard:
+            active[0] += 1
+            overlaps[0] += active[0] > 1
+        time.sleep(0.02)
+        seen.append(record["id"])
+        with guard:
+            active[0] -= 1
+
+    summary = run_batch([Job(id=f"j{i}", prompt="p", seeds=[i]) for i in range(12)], config, on_result=on_result)
+    assert (summary.ok, summary.failed) == (6, 6)
+    assert overlaps[0] == 0
+    assert seen == [r["id"] for r in read_records(config.results)]  # stdout (--json) and the log agree

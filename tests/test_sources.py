@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -54,6 +55,12 @@ def test_missing_path_is_not_found_never_base64(tmp_path):
     with pytest.raises(InputError, match="not found: iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB") as info:
         load_input("iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB")
     assert "base64" not in info.value.reason
+    # a whole image as bare base64 is longer than any file name can be: still "not found"
+    blob = base64.b64encode(images.png() + bytes(1000)).decode()
+    assert "/" not in blob  # one file name segment, longer than any file system allows
+    with pytest.raises(InputError) as info:
+        load_input(blob)
+    assert info.value.reason.startswith("not found: iVBORw0KGgo")
 
 
 def test_directory(tmp_path):
@@ -111,6 +118,8 @@ def test_file_uri_other_host_and_missing(tmp_path):
         load_input("file://example.com/etc/passwd")
     with pytest.raises(InputError, match="not found"):
         load_input((tmp_path / "missing.png").as_uri())
+    with pytest.raises(InputError, match="invalid file URI"):
+        load_input("file://[x/a.png")
 
 
 def test_file_over_max_bytes(tmp_path):

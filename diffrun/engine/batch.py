@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,13 +146,16 @@ class BatchRunner:
         self._claimed: set[str] = set()
         self._failed_fast = False
         self._lock = threading.Lock()  # summary counts: the writer thread updates them too
+        self._emit_lock = threading.Lock()  # one record at a time, so the log and on_result agree
         self._writer: ThreadPoolExecutor | None = None
+        self._write_error: BaseException | None = None
         self._write_slots = threading.BoundedSemaphore(WRITE_AHEAD)
 
     # -- results -------------------------------------------------------------------------------
     def _emit(self, record: dict[str, Any]) -> None:
-        self._log.append(record)
-        self.on_result(record)
+        with self._emit_lock:  # the main thread (failures) and the writer thread (results) both emit
+            self._log.append(record)
+            self.on_result(record)
 
     def _fail(self, job: Job, exc: BaseException, inputs: jobrun.JobInputs | None = None,
               timings: dict[str, float] | None = None) -> None:
@@ -164,7 +167,7 @@ class BatchRunner:
             self._failed_fast = True
 
     def _stopping(self) -> bool:
-        return self._failed_fast or self.should_stop()
+        return self._failed_fast or self._write_error is not None or self.should_stop()
 
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> Summary:
@@ -335,13 +338,20 @@ class BatchRunner:
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffrun-writer")
         future = self._writer.submit(self._write_now, item, results, timings, batch)
-        future.add_done_callback(lambda _: self._write_slots.release())
+        future.add_done_callback(self._written)
+
+    def _written(self, future: Future[None]) -> None:
+        if future.exception() is not None and self._write_error is None:  # e.g. the results log cannot be written
+            self._write_error = future.exception()
+        self._write_slots.release()
 
     def _finish_writes(self) -> None:
-        """Wait for every queued write: a stop never leaves a job written but unlogged."""
+        """Wait for every queued write: a stop never leaves a job written but unlogged; raise what the writer hit."""
         if self._writer is not None:
             self._writer.shutdown(wait=True)
             self._writer = None
+        if self._write_error is not None:
+            raise self._write_error
 
     def _write_now(self, item: _Ready, results: list[Any], timings: dict[str, float], batch: int) -> None:
         started = time.perf_counter()

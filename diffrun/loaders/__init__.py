@@ -20,7 +20,7 @@ from PIL import Image
 from diffrun.errors import InputError
 from diffrun.loaders.decode import OUTPUT_MODES, PIL_ERRORS, DecodedImage, decode_image, normalise
 from diffrun.loaders.policy import FetchPolicy
-from diffrun.loaders.redact import display_ref
+from diffrun.loaders.redact import display_ref, strip_credentials
 from diffrun.loaders.sources import RawInput, read_source
 from diffrun.loaders.store import InputStore
 
@@ -92,7 +92,7 @@ class LoadResult:
             "bytes": len(loaded.data) if loaded else None,
             "sha256": loaded.sha256 if loaded else None,
             "saved_path": str(loaded.saved_path) if loaded and loaded.saved_path else None,
-            "final_url": loaded.final_url if loaded else None,
+            "final_url": strip_credentials(loaded.final_url) if loaded and loaded.final_url else None,
             "error": str(self.error) if self.error else None,
             "seconds": round(self.seconds, 6),
         }

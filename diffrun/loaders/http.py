@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import os
 import random
+import re
 import threading
 import time
 import urllib.request
@@ -32,7 +33,7 @@ from diffrun import __version__
 from diffrun.errors import InputError
 from diffrun.loaders.guard import check_url
 from diffrun.loaders.policy import FetchPolicy
-from diffrun.loaders.redact import display_ref
+from diffrun.loaders.redact import display_ref, strip_credentials
 from diffrun.units import format_size
 
 CHUNK_SIZE = 256 * 1024
@@ -47,6 +48,7 @@ RETRY_STATUSES = frozenset({
     503,  # Service Unavailable: overloaded or restarting; may send Retry-After
     504,  # Gateway Timeout: the origin was too slow for the proxy in front of it
 })
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"]*")
 _DRAIN_LIMIT = 64 * 1024  # redirect bodies up to this size are read so the connection is reused
 
 
@@ -106,6 +108,9 @@ def backoff_delay(factor: float, jitter: float, cap: float, failures: int) -> fl
 
 class _Retry(Retry):
     """urllib3 Retry that caps Retry-After, and inside `fetch` shares its count and deadline."""
+
+    # urllib3 also retries 413 when it carries Retry-After; a 4xx outside RETRY_STATUSES never is.
+    RETRY_AFTER_STATUS_CODES = RETRY_STATUSES & Retry.RETRY_AFTER_STATUS_CODES
 
     def __init__(self, *args, max_retry_after: float = 30.0, **kw) -> None:
         super().__init__(*args, **kw)
@@ -413,4 +418,5 @@ def _cause(err: BaseException) -> str:
         if isinstance(item, OSError) and item.strerror:
             return item.strerror
     text = str(err.args[0] if err.args else err)
-    return text[:200]
+    # requests and urllib3 quote the URL in some messages ("Invalid URL 'http://user:pw@/x': ...")
+    return _URL_IN_TEXT.sub(lambda m: strip_credentials(m.group()), text)[:200]

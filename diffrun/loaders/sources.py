@@ -8,6 +8,7 @@ that exact name exists.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -104,7 +105,10 @@ def read_source(ref: Any, policy: FetchPolicy | None = None, *, display: str | N
 
 def file_uri_to_path(uri: str, display: str) -> Path:
     """`file:///a%20b.png` or `file://localhost/a.png` -> Path; other hosts are refused."""
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as e:  # "file://[x/a.png": Invalid IPv6 URL
+        raise InputError(display, f"invalid file URI: {e}") from None
     host = parts.netloc.rsplit("@", 1)[-1].lower()
     if host not in ("", "localhost"):
         raise InputError(display, f"unsupported file URI host: {host} (only local files can be read)")
@@ -136,7 +140,9 @@ def read_file(path: Path, policy: FetchPolicy, display: str) -> bytes:
         raise InputError(display, f"permission denied: {path_shown}") from None
     except NotADirectoryError:
         raise InputError(display, f"not found: {path_shown} (a parent is not a directory)") from None
-    except OSError as e:  # ELOOP, ENAMETOOLONG, EIO, ... : still one line naming the input
+    except OSError as e:  # ELOOP, EIO, ... : still one line naming the input
+        if e.errno == errno.ENAMETOOLONG:  # e.g. a bare base64 image: no file can have that name
+            raise InputError(display, f"not found: {path_shown}", hint="check the path, or quote URLs") from None
         raise InputError(display, f"cannot read {path_shown}: {e.strerror or e}") from None
     _check_size(len(data), policy, display)  # for pipes and special files, whose size is 0
     return data

@@ -12,6 +12,7 @@ from diffrun.outputs.formats import IMAGE_FORMATS, check_extension
 from diffrun.outputs.metadata import exif_bytes, png_info, xmp_packet
 
 DEFAULT_QUALITY = {"JPEG": 90, "WEBP": 90}
+MAX_SEGMENT = 65_000
 
 
 def check_quality(quality: int | None) -> None:
@@ -49,6 +50,12 @@ def _for_format(image, fmt: str):
     return image
 
 
+def embeddable_metadata(recipe: dict) -> dict[str, bytes]:
+    """`exif` and `xmp` save arguments for JPEG/WebP, leaving out any over the 64 KiB segment limit."""
+    metadata = {"exif": exif_bytes(recipe), "xmp": xmp_packet(recipe)}
+    return {k: v for k, v in metadata.items() if len(v) <= MAX_SEGMENT}
+
+
 def encode_image(image: Any, fmt: str, recipe: dict, out: BinaryIO, *, quality: int | None = None) -> None:
     """Encode `image` as `fmt` ("PNG", "JPEG" or "WEBP") into `out`, the recipe embedded."""
     image = _for_format(as_pil(image), fmt)
@@ -56,7 +63,9 @@ def encode_image(image: Any, fmt: str, recipe: dict, out: BinaryIO, *, quality: 
         image.save(out, "PNG", pnginfo=png_info(recipe))
         return
     q = DEFAULT_QUALITY[fmt] if quality is None else int(quality)
-    image.save(out, fmt, quality=q, exif=exif_bytes(recipe), xmp=xmp_packet(recipe))
+    # JPEG and WebP metadata segments hold at most 64 KiB: a recipe larger than that (a novel of a
+    # prompt) is left out of the file rather than failing the write; PNG and --sidecar keep any size.
+    image.save(out, fmt, quality=q, **embeddable_metadata(recipe))
 
 
 def write_image(

@@ -10,8 +10,8 @@ from typing import Any, BinaryIO
 from diffrun.errors import UsageError
 from diffrun.outputs.atomic import atomic_path, atomic_write, write_stdout
 from diffrun.outputs.formats import check_extension, default_extension, import_ffmpeg
-from diffrun.outputs.images import as_pil, check_quality
-from diffrun.outputs.metadata import exif_bytes, recipe_json, xmp_packet
+from diffrun.outputs.images import as_pil, check_quality, embeddable_metadata
+from diffrun.outputs.metadata import recipe_json
 
 DEFAULT_WEBP_QUALITY = 90
 
@@ -36,7 +36,7 @@ def _encode_animated(frames: list, ext: str, recipe: dict, out: BinaryIO, fps: f
         first.save(out, "GIF", comment=recipe_json(recipe), **common)
     else:
         q = DEFAULT_WEBP_QUALITY if quality is None else int(quality)
-        first.save(out, "WEBP", quality=q, exif=exif_bytes(recipe), xmp=xmp_packet(recipe), **common)
+        first.save(out, "WEBP", quality=q, **embeddable_metadata(recipe), **common)
 
 
 def _even(array):

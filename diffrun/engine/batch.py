@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 OnResult = Callable[[dict[str, Any]], None]
 WRITE_AHEAD = 4
-"""Micro-batches whose outputs may wait for the writer thread (bounds the images held in memory)."""
+"""Jobs whose outputs may wait for the writer thread (bounds the images held in memory)."""
 
 
 @dataclass

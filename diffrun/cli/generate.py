@@ -148,12 +148,12 @@ def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool
         targets = jobrun.plan_job_outputs(job, runtime.model, kind, overwrite=overwrite)
         results = []
         infer_start = time.perf_counter()
+
+        def on_step(step: int, total: int) -> None:
+            bar.update(task_id, completed=step, total=total)
+
         for request in requests:
             bar.update(task_id, description=f"{task} seed {request.seed}", completed=0, total=None)
-
-            def on_step(step: int, total: int) -> None:
-                bar.update(task_id, completed=step, total=total)
-
             results.extend(pipelines.run(model, [request], on_step=on_step))
         timings["inference"] = time.perf_counter() - infer_start
     save_start = time.perf_counter()

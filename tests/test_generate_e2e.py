@@ -173,3 +173,26 @@ def test_env_json() -> None:
     assert info["diffrun"] and info["python"] and info["pillow"]
     assert info["versions"]["torch"] and info["versions"]["diffusers"]
     assert info["offline"] is True and isinstance(info["devices"], list)
+
+
+def test_ctrl_c_exits_130_and_writes_nothing(server, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from clirun import cli_env
+
+    url = server.add("/hang.png", body=SAMPLE.read_bytes(), content_type="image/png", always="slow", slow=30)
+    out = tmp_path / "never.png"
+    proc = subprocess.Popen([sys.executable, "-m", "diffrun", "generate", "-m", str(tmp_path / "m"), "-p", "x",
+                             "-i", url, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=cli_env())
+    deadline = time.monotonic() + 60
+    while server.count("/hang.png") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert b"interrupted" in err and b"Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

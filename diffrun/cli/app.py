@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     _register()
     try:
         code = app(args=args, prog_name="diffrun", standalone_mode=False)
+        if code == Exit.INTERRUPTED:  # typer turns a KeyboardInterrupt inside a command into this code
+            console.error("interrupted")
     except DiffrunError as exc:
         if console.State.debug:
             console.err.print_exception()

@@ -23,7 +23,7 @@ from diffrun.cli import console, options
 from diffrun.cli import job_options as jo
 from diffrun.cli import model_options as mo
 from diffrun.cli.options import OUTPUT, SAMPLING
-from diffrun.errors import Exit, UsageError
+from diffrun.errors import Exit, Interrupted, UsageError
 from diffrun.jobs import Job
 
 BATCH = "Batch"
@@ -201,8 +201,7 @@ def batch(
         console.err.print(summary_table(summary))
         console.info(f"results: {log_path}")
     if summary.interrupted:
-        console.error(f"interrupted: {summary.not_run} jobs not run", "run the same command again to resume")
-        raise typer.Exit(Exit.INTERRUPTED)
+        raise Interrupted(f"interrupted: {summary.not_run} jobs not run", hint="run the same command again to resume")
     if not summary.all_ok:
         raise typer.Exit(Exit.JOBS_FAILED)
 

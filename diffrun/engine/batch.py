@@ -235,6 +235,7 @@ class BatchRunner:
             self.model = pipelines.load_model(self.config.model, on_progress=self.on_status)
             self.summary.model_loaded = True
             self.summary.seconds["model_load"] = self.model.load_seconds
+            self.on_status("")
         return self.model
 
     def _prepare(self, job: Job, inputs: jobrun.JobInputs) -> _Ready | None:

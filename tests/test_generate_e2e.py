@@ -196,3 +196,14 @@ def test_ctrl_c_exits_130_and_writes_nothing(server, tmp_path: Path) -> None:
     assert proc.returncode == 130
     assert b"interrupted" in err and b"Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_from_one_of_several_images_remakes_that_image(tiny_sd: Path, tmp_path: Path) -> None:
+    summary = ok(gen(tiny_sd, "-p", "owl", "-s", "5", "--num-images", "2", "-o", str(tmp_path / "o-{index}.png"),
+                     "--json"))
+    first, second = (Path(p) for p in summary["outputs"])
+    again = tmp_path / "again.png"
+    rerun = ok(diffrun("generate", "--from", str(second), "--device", "cpu", "-o", str(again), "--json"))
+    assert rerun["outputs"] == [str(again)] and rerun["seeds"] == [6]
+    assert np.array_equal(np.asarray(Image.open(second)), np.asarray(Image.open(again)))
+    assert not np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))

@@ -123,13 +123,18 @@ def write_job_outputs(job: Job, model: LoadedModel, inputs: JobInputs, results: 
 _ARGUMENT_FIELDS = {name: key for key, name in CALL_ARGUMENTS.items()}
 
 
+PER_PROMPT = ("num_images_per_prompt", "num_videos_per_prompt")
+
+
 def job_from_recipe(recipe: dict) -> Job:
-    """The Job a recipe describes (inputs by their recorded source), for `generate --from`."""
+    """The Job that makes the recipe's one output again (inputs by their recorded source), for
+    `generate --from`. Output `index` of seed S was drawn from generator S + index (pipelines.run), so
+    the rerun is that seed with one output per prompt."""
     job = Job(prompt=recipe.get("prompt"), negative_prompt=recipe.get("negative_prompt"))
     if recipe.get("seed") is not None:
-        job.seeds = [int(recipe["seed"])]
+        job.seeds = [int(recipe["seed"]) + int(recipe.get("index") or 0)]
     for name, value in (recipe.get("args") or {}).items():
-        if name in ("prompt", "negative_prompt"):
+        if name in ("prompt", "negative_prompt", *PER_PROMPT):
             continue
         if name in _ARGUMENT_FIELDS:
             setattr(job, _ARGUMENT_FIELDS[name], value)

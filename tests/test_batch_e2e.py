@@ -172,3 +172,22 @@ def test_bad_manifest_and_dry_run(tiny_sd: Path, tmp_path: Path, server) -> None
     assert records["missing"]["status"] == "failed" and "404" in records["missing"]["error"]["message"]
     assert records["file"]["status"] == "failed" and records["file"]["error"]["code"] == "input"
     assert not (tmp_path / "o").exists()  # no model, no files, no log
+
+
+def test_outputs_left_by_a_hard_kill_are_remade_but_foreign_files_are_not_touched(tiny_sd: Path,
+                                                                                   tmp_path: Path) -> None:
+    manifest = write_jsonl(tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(3)])
+    out = tmp_path / "out"
+    args = ("batch", str(manifest), "-m", str(tiny_sd), *FAST, "-W", "32", "-H", "32", "-o", str(out))
+    assert diffrun(*args).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    # As if killed after the files were written but before their lines reached the log:
+    (out / "results.jsonl").unlink()
+    (out / "j2.png").write_bytes(b"someone else's file")
+    second = diffrun(*args)
+    assert second.returncode == 1, second.stderr.decode()[-2000:]
+    log = {r["id"]: r for r in lines(out / "results.jsonl")}
+    assert log["j0"]["status"] == log["j1"]["status"] == "ok"
+    assert log["j2"]["status"] == "failed" and log["j2"]["error"]["code"] == "output_exists"
+    assert (out / "j0.png").read_bytes() == before["j0.png"]  # remade, identical
+    assert (out / "j2.png").read_bytes() == b"someone else's file"

@@ -94,6 +94,7 @@ class _Ready:
     inputs: jobrun.JobInputs
     requests: list[Request]
     targets: list[str]
+    overwrite: bool = False
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
@@ -105,6 +106,19 @@ def error_info(exc: BaseException) -> dict[str, Any]:
 def _record(job: Job, status: str, **extra: Any) -> dict[str, Any]:
     return {"id": job.id, "status": status, "outputs": [], "seed": job.seeds[0] if job.seeds else None,
             "seeds": job.seeds, **extra, "time": now_iso()}
+
+
+def _own_output(job: Job, target: str) -> bool:
+    """True when `target` is missing, or is a file an earlier run wrote for this job (id and seed)."""
+    from diffrun import outputs
+
+    if not os.path.exists(target):
+        return True
+    try:
+        recipe = outputs.read_recipe(target)
+    except DiffrunError:
+        return False
+    return recipe.get("job_id") == job.id and recipe.get("seed") in job.seeds
 
 
 def plan_resume(jobs: list[Job], results: Path, *, retry_failed: bool, force: bool
@@ -253,7 +267,15 @@ class BatchRunner:
                 folder = str(self.config.output_dir).replace("{", "{{").replace("}", "}}")
                 plan_job = replace(job, output=os.path.join(folder, "{id}") + default_extension(kind))
             overwrite = self.config.overwrite or self.config.force
-            targets = jobrun.plan_job_outputs(plan_job, self.config.model.model, kind, overwrite=overwrite)
+            try:
+                targets = jobrun.plan_job_outputs(plan_job, self.config.model.model, kind, overwrite=overwrite)
+            except OutputExistsError:
+                # A run killed between writing a job's files and logging it left them behind: they are
+                # this job's own (their recipe says so), so they are made again rather than refused.
+                targets = jobrun.plan_job_outputs(plan_job, self.config.model.model, kind, overwrite=True)
+                if not all(_own_output(job, t) for t in targets):
+                    raise
+                overwrite = True
             taken = [t for t in targets if t in self._claimed]
             if taken:
                 raise OutputExistsError(f"{taken[0]} is also the output of an earlier job of this batch",
@@ -262,7 +284,7 @@ class BatchRunner:
         except DiffrunError as exc:
             self._fail(job, exc, inputs, {"fetch": inputs.seconds})
             return None
-        return _Ready(job, inputs, requests, targets)
+        return _Ready(job, inputs, requests, targets, overwrite)
 
     def _fits(self, pending: list[_Ready], ready: _Ready) -> bool:
         from diffrun.pipelines import batch_key
@@ -356,10 +378,9 @@ class BatchRunner:
 
     def _write_now(self, item: _Ready, results: list[Any], timings: dict[str, float], batch: int) -> None:
         started = time.perf_counter()
-        overwrite = self.config.overwrite or self.config.force
         try:
             written = jobrun.write_job_outputs(item.job, self._ensure_model(), item.inputs, results, item.targets,
-                                               quality=self.config.quality, overwrite=overwrite,
+                                               quality=self.config.quality, overwrite=item.overwrite,
                                                sidecar=self.config.sidecar, fps=self.config.fps)
         except Exception as exc:  # a job that cannot be written fails alone
             self._fail(item.job, exc, item.inputs, timings)

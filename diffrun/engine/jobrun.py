@@ -82,6 +82,7 @@ def job_recipe(job: Job, model: LoadedModel, inputs: JobInputs, output: Output, 
     """Everything needed to make this output again (`diffrun generate --from FILE`)."""
     return {
         "diffrun_version": __version__,
+        "job_id": job.id,
         "model": model.info.get("model"),
         "model_info": model.info,
         "pipeline": output.pipeline,

@@ -74,14 +74,14 @@ def batch(
     param: jo.Params = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", envvar="DIFFRUN_OUTPUT", rich_help_panel=OUTPUT,
-        help=f"Output folder (files named {{id}}.png), or a name template with {{id}} [default: {DEFAULT_OUTPUT}]."
+        help=f"Output folder (files named {{id}}.png), or a name template with {{id}} \\[default: {DEFAULT_OUTPUT}]."
     )] = None,
     overwrite: jo.Overwrite = False,
     quality: jo.Quality = None,
     sidecar: jo.Sidecar = False,
     results: Annotated[Path | None, typer.Option(
         "--results", envvar="DIFFRUN_RESULTS", rich_help_panel=BATCH,
-        help="Results log, one JSON line per job [default: results.jsonl in the output folder].")] = None,
+        help="Results log, one JSON line per job \\[default: results.jsonl in the output folder].")] = None,
     prefetch: Annotated[int, typer.Option("--prefetch", min=1, envvar="DIFFRUN_PREFETCH", rich_help_panel=BATCH,
                                           help="Jobs whose inputs are loaded ahead of inference.")] = 4,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, envvar="DIFFRUN_BATCH_SIZE",
@@ -138,9 +138,11 @@ def batch(
 ) -> None:
     """Run every row of a manifest (JSON Lines or CSV) with one model load.
 
-    Options give every row its defaults. Each job ends as one line in the results log; running the
-    same command again skips the jobs already done. Exit 0 all ok, 1 some failed, 2 bad manifest,
-    3 (--dry-run) some inputs failed, 130 interrupted.
+    Options give every row its defaults.
+
+    Each job ends as one line in the results log; the same command again skips the jobs already done.
+
+    Exit 0 all ok, 1 some failed, 2 bad manifest, 3 (--dry-run) some inputs failed, 130 interrupted.
     """
     from diffrun.engine import batch as engine
     from diffrun.engine.signals import StopRequested

@@ -41,23 +41,20 @@ from diffrun.jobs import Job  # noqa: E402
 from diffrun.loaders import FetchPolicy  # noqa: E402
 
 
-def make_png(size: int, i: int) -> bytes:
-    """bench/batch.py's inputs (loaded by path: bench/ is not on the path here)."""
+def bench_batch():
+    """bench/batch.py, whose workload this benchmark repeats (loaded by path: bench/ is not on the path)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_batch", ROOT / "bench" / "batch.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.make_png(size, i)
+    return module
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=32)
-    parser.add_argument("--latency", type=float, default=0.2)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--prefetch", type=int, default=4)
+    shared = bench_batch()
+    shared.workload_arguments(parser)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--more-jobs", type=int, default=0, help="the second, longer run (default: 4 x --jobs)")
     parser.add_argument("--threads", type=int, default=1,
@@ -77,7 +74,7 @@ def main() -> None:
     options = pipelines.ModelOptions(model=str(model_dir), device="cpu")
     with LoopbackServer() as server:
         more = args.more_jobs or 4 * args.jobs
-        urls = [server.add(f"/in{i}.png", make_png(args.size, i), content_type="image/png") for i in range(more)]
+        urls = [server.add(f"/in{i}.png", shared.make_png(args.size, i), content_type="image/png") for i in range(more)]
         jobs = [Job(id=f"j{i}", prompt=f"job {i}", image=[url], seeds=[i], steps=args.steps, strength=0.75)
                 for i, url in enumerate(urls)]
         server.latency = args.latency

@@ -8,7 +8,16 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -44,12 +53,19 @@ def show_progress(force: bool = False) -> bool:
     return not State.quiet and (force or err.is_terminal)
 
 
+class _StepsColumn(MofNCompleteColumn):
+    """`3/20` once the total is known; nothing while it is not (a spinner says enough)."""
+
+    def render(self, task: Task) -> Text:
+        return super().render(task) if task.total is not None else Text("")
+
+
 def make_progress(enabled: bool, *, transient: bool = True) -> Progress:
     return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        _StepsColumn(),
         TimeElapsedColumn(),
         console=err,
         transient=transient,

@@ -97,7 +97,8 @@ def _sibling_class(pipe: Any, task: str) -> Any | None:
 
 
 def _switch(pipe: Any, task: str, dtype: str) -> Any | None:
-    """AutoPipelineFor<task>.from_pipe(pipe), or None where diffusers has no such pipeline for it.
+    """The family's sibling class (see _sibling_class), else AutoPipelineFor<task>, `.from_pipe(pipe)`;
+    None where diffusers has no such pipeline for it.
 
     DiffusionPipeline.from_pipe casts the shared modules to its `dtype` argument (fp32 when left out);
     AutoPipeline's from_pipe ignores it today. Passing the loaded dtype keeps both paths from silently
@@ -112,22 +113,19 @@ def _switch(pipe: Any, task: str, dtype: str) -> Any | None:
     from diffrun.pipelines.runtime import torch_dtype
 
     kwargs = {dtype_kwarg(): torch_dtype(dtype)}
-    sibling = _sibling_class(pipe, task)
-    if sibling is not None:
+    # Candidates are resolved one at a time: AutoPipeline's import is only paid when the sibling fails.
+    for candidate in (lambda: _sibling_class(pipe, task), lambda: getattr(diffusers, name)):
+        cls = candidate()
+        if cls is None:
+            continue
         try:
-            switched = sibling.from_pipe(pipe, **kwargs)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            switched = None
-        if switched is not None:
+            switched = cls.from_pipe(pipe, **kwargs)
+        except (ValueError, KeyError, TypeError, AttributeError):  # diffusers' "no such pipeline" errors
+            continue
+        if hasattr(switched, "set_progress_bar_config"):
             switched.set_progress_bar_config(disable=True)
-            return switched
-    try:
-        switched = getattr(diffusers, name).from_pipe(pipe, **kwargs)
-    except (ValueError, KeyError, TypeError, AttributeError):  # diffusers' "no such pipeline" errors
-        return None
-    if hasattr(switched, "set_progress_bar_config"):
-        switched.set_progress_bar_config(disable=True)
-    return switched
+        return switched
+    return None
 
 
 def pipeline_for(model: LoadedModel, task: str) -> Any | None:

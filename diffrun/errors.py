@@ -12,21 +12,35 @@ class Exit(IntEnum):
     INPUT = 3
     MODEL = 4
     OUT_OF_MEMORY = 5
-    INTERRUPTED = 130
     INTERNAL = 70
     """A bug in diffrun (sysexits' EX_SOFTWARE); --debug shows the traceback."""
+    IO = 74
+    """Disk full or another I/O error writing outputs or logs (sysexits' EX_IOERR)."""
+    LOCKED = 75
+    """Another run holds the results log: try again later (sysexits' EX_TEMPFAIL)."""
+    INTERRUPTED = 130
+    STDOUT_CLOSED = 141
+    """The reader of stdout went away (128 + SIGPIPE, as a shell reports a process ended by it)."""
 
 
 class DiffrunError(Exception):
-    """An expected failure: printed as one line on stderr, no traceback, exit code `exit`."""
+    """An expected failure: printed as one line on stderr, no traceback, exit code `exit`.
+
+    `category` is the broad kind (usage, manifest, input, model, ...); `code` the stable,
+    machine-readable name of this failure (for inputs: not_found, http_status, too_large, ...),
+    which defaults to the category. Both go into JSON output and results logs.
+    """
 
     exit: Exit = Exit.USAGE
+    category: str = "usage"
     code: str = "usage"
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        if code is not None:
+            self.code = code
 
     def __str__(self) -> str:
         return self.message
@@ -39,7 +53,7 @@ class UsageError(DiffrunError):
 class ManifestError(UsageError):
     """A batch manifest that cannot be run; `problems` lists (line, message) pairs."""
 
-    code = "manifest"
+    category = code = "manifest"
 
     def __init__(self, message: str, problems: list[tuple[int, str]] | None = None, **kw) -> None:
         super().__init__(message, **kw)
@@ -47,17 +61,17 @@ class ManifestError(UsageError):
 
 
 class OutputExistsError(UsageError):
-    code = "output_exists"
+    category = code = "output_exists"
 
 
 class InputError(DiffrunError, ValueError):
     """An input image could not be loaded; `source` is the shortened, credential-free reference."""
 
     exit = Exit.INPUT
-    code = "input"
+    category = code = "input"
 
-    def __init__(self, source: str, reason: str, *, hint: str | None = None) -> None:
-        super().__init__(f"{source}: {reason}" if source else reason, hint=hint)
+    def __init__(self, source: str, reason: str, *, hint: str | None = None, code: str | None = None) -> None:
+        super().__init__(f"{source}: {reason}" if source else reason, hint=hint, code=code)
         self.source = source
         self.reason = reason
 
@@ -66,18 +80,39 @@ class ModelError(DiffrunError):
     """The model could not be loaded, or cannot do the task asked of it."""
 
     exit = Exit.MODEL
-    code = "model"
+    category = code = "model"
 
 
 class TaskError(ModelError):
-    code = "task"
+    category = code = "task"
 
 
 class OutOfMemoryError(DiffrunError):
     exit = Exit.OUT_OF_MEMORY
-    code = "out_of_memory"
+    category = code = "out_of_memory"
+
+
+class DiskError(DiffrunError):
+    """Disk full, or an output/log that cannot be written (exit 74)."""
+
+    exit = Exit.IO
+    category = code = "io"
+
+
+class LockedError(DiffrunError):
+    """Another run holds the results log (exit 75)."""
+
+    exit = Exit.LOCKED
+    category = code = "locked"
 
 
 class Interrupted(DiffrunError):
     exit = Exit.INTERRUPTED
-    code = "interrupted"
+    category = code = "interrupted"
+
+
+class StdoutClosed(DiffrunError):
+    """stdout was closed by its reader: stop like Ctrl-C, print nothing, exit 141."""
+
+    exit = Exit.STDOUT_CLOSED
+    category = code = "stdout_closed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -20,6 +21,25 @@ from rich.progress import (
 from rich.text import Text
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Reports (tables of inspect, env, batch --dry-run, ...) are results: they go to stdout. Off a terminal
+# nothing is cut at 80 columns (paths are what people grep for).
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 100_000)
+
+MAX_TEXT = 500
+"""Longest outside string (path, URL, server text) shown in one message."""
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def clean(text: object, limit: int = MAX_TEXT) -> str:
+    """An outside string made safe to print: control characters (ESC, CR, bidi overrides) replaced
+    by `?`, capped at `limit` characters. Still needs `escape()` before rich markup."""
+    shown = _CONTROL.sub("?", str(text))
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def report(renderable: Any) -> None:
+    """A report (table or text) on stdout."""
+    out.print(renderable)
 
 
 class State:
@@ -32,15 +52,19 @@ def info(message: str) -> None:
         err.print(escape(message))
 
 
+def _line(text: str) -> str:
+    return escape(clean(text.replace("\n", " ").replace("\t", " "), limit=2 * MAX_TEXT))
+
+
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(message)}")
+    err.print(f"[yellow]warning:[/yellow] {_line(message)}")
 
 
 def error(message: str, hint: str | None = None) -> None:
     """One clear line (and an optional hint) on stderr, plain text when stderr is not a terminal."""
-    err.print(f"[bold red]error:[/bold red] {escape(message)}")
+    err.print(f"[bold red]error:[/bold red] {_line(message)}")
     if hint:
-        err.print(f"  [dim]hint:[/dim] {escape(hint)}")
+        err.print(f"  [dim]hint:[/dim] {_line(hint)}")
 
 
 def emit_json(obj: Any) -> None:

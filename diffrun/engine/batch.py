@@ -98,9 +98,13 @@ class _Ready:
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
+    """A failure as results lines and --json carry it: category, code, exit, message, hint."""
     if isinstance(exc, DiffrunError):
-        return {"code": exc.code, "exit": int(exc.exit), "message": exc.message}
-    return {"code": "internal", "exit": 70, "message": f"{type(exc).__name__}: {exc}"}
+        info = {"category": exc.category, "code": exc.code, "exit": int(exc.exit), "message": exc.message}
+        if exc.hint:
+            info["hint"] = exc.hint
+        return info
+    return {"category": "internal", "code": "internal", "exit": 70, "message": f"{type(exc).__name__}: {exc}"}
 
 
 def _record(job: Job, status: str, **extra: Any) -> dict[str, Any]:

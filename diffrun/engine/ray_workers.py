@@ -65,6 +65,7 @@ class CarriedError(DiffrunError):
     def __init__(self, info: dict[str, Any]) -> None:
         super().__init__(info["message"], hint=info.get("hint"))
         self.code = info["code"]
+        self.category = info.get("category", info["code"])
         self.exit = Exit(info["exit"]) if info["exit"] in set(Exit) else Exit.INTERNAL
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,7 +23,9 @@ from rich.text import Text
 from diffrun.cli import console, options
 from diffrun.cli import job_options as jo
 from diffrun.cli import model_options as mo
+from diffrun.cli.console import clean
 from diffrun.cli.options import OUTPUT, SAMPLING
+from diffrun.cli.progress import make as make_progress
 from diffrun.errors import Exit, Interrupted, UsageError
 from diffrun.jobs import Job
 
@@ -188,8 +191,8 @@ def batch(
             counts[record["status"]] += 1
             bar.update(task, advance=1, **counts)
             if record["status"] == "failed":
-                bar.console.print(f"[red]failed[/red] {record['id']}: {record['error']['message']}",
-                                  markup=True, highlight=False)
+                bar.console.print(f"[red]failed[/red] {escape(clean(record['id']))}: "
+                                  f"{escape(clean(record['error']['message']))}", markup=True, highlight=False)
 
         hooks = {"should_stop": lambda: stop.requested, "on_result": on_result,
                  "on_status": lambda text: bar.update(task, status=text)}
@@ -199,9 +202,12 @@ def batch(
             from diffrun.engine.ray_engine import run_ray_batch
 
             summary = run_ray_batch(jobs, config, ray_options, **hooks)
+    # The summary is a log of the run, not its result (that is the results log and --json): stderr.
     if not console.State.quiet:
         console.err.print(summary_table(summary))
         console.info(f"results: {log_path}")
+    if summary.failed_earlier:  # why a rerun that skipped everything still exits 1, even with -q
+        console.error(*failed_earlier_note(summary.failed_earlier))
     if summary.interrupted:
         raise Interrupted(f"interrupted: {summary.not_run} jobs not run", hint="run the same command again to resume")
     if not summary.all_ok:
@@ -230,13 +236,18 @@ class _RateColumn(ProgressColumn):
 
 
 def _progress(show: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    """A bar on a terminal; plain lines off one (`--progress`); nothing when not `show`."""
+    return make_progress(
+        show, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("[green]{task.fields[ok]} ok[/green] [red]{task.fields[failed]} failed[/red] "
                    "{task.fields[skipped]} skipped"),
         _RateColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-        console=console.err, transient=True, disable=not show,
+        detail=_counts,
     )
+
+
+def _counts(task: Task) -> str:
+    return f"{task.fields['ok']} ok, {task.fields['failed']} failed, {task.fields['skipped']} skipped"
 
 
 def summary_table(summary: Any) -> Table:
@@ -248,6 +259,7 @@ def summary_table(summary: Any) -> Table:
     table.add_column(justify="right")
     rows = [
         ("jobs ok", str(summary.ok)), ("jobs failed", str(summary.failed)), ("jobs skipped", str(summary.skipped)),
+        *([("  failed in an earlier run", str(len(summary.failed_earlier)))] if summary.failed_earlier else []),
         ("jobs not run", str(summary.not_run)), ("images written", str(summary.images)),
         ("fetching (overlapped)", f"{seconds['fetching']:.2f} s"),
         ("waiting for inputs", f"{seconds['waiting']:.2f} s"),
@@ -259,23 +271,36 @@ def summary_table(summary: Any) -> Table:
     return table
 
 
+def failed_earlier_note(ids: list[str], shown: int = 10) -> tuple[str, str]:
+    """(message, hint) naming the jobs skipped because an earlier run recorded them failed."""
+    names = ", ".join(clean(i, 100) for i in ids[:shown])
+    if len(ids) > shown:
+        names += f" and {len(ids) - shown} more"
+    if len(ids) == 1:
+        return (f"1 job failed in an earlier run and was skipped: {names}",
+                "rerun it with --retry-failed (its error is in the results log)")
+    return (f"{len(ids)} jobs failed in an earlier run and were skipped: {names}",
+            "rerun them with --retry-failed (their errors are in the results log)")
+
+
 def _dry_run(engine: Any, jobs: list[Job], policy: Any, log_path: Path, retry_failed: bool, force: bool,
              prefetch: int, json_out: bool) -> None:
+    """The check as a report on stdout (a table, or with --json one line per job); the count line on stderr."""
     table = Table("id", "action", "inputs", "error", box=None, header_style="bold")
 
     def on_result(record: dict[str, Any]) -> None:
         if json_out:
             console.emit_json(record)
         error = record.get("error", {}).get("message", "")
-        table.add_row(record["id"], record["action"], "[green]ok[/green]" if record["status"] == "ok"
-                      else "[red]failed[/red]", error)
+        table.add_row(escape(clean(record["id"])), record["action"], "[green]ok[/green]" if record["status"] == "ok"
+                      else "[red]failed[/red]", escape(clean(error.replace("\n", " "))))
 
     records = engine.dry_run(jobs, policy, results=log_path, retry_failed=retry_failed, force=force,
                              prefetch=max(prefetch, 8), on_result=on_result)
     failed = [r for r in records if r["status"] != "ok"]
     would_run = sum(r["action"] == "run" for r in records)
-    if not json_out and not console.State.quiet:
-        console.err.print(table)
+    if not json_out:
+        console.report(table)
     console.info(f"{len(records)} jobs: {would_run} would run, {len(records) - would_run} would be skipped; "
                  f"{len(failed)} with inputs that fail")
     if failed:

@@ -1,4 +1,6 @@
-"""The one stderr console the whole app shares: logs, tables, progress. stdout is for results only."""
+"""The two consoles: `err` (stderr) for logs, errors and progress; `out` (stdout) for reports.
+
+stdout carries results only: image bytes, JSON, and reports (tables) through `report()`."""
 
 from __future__ import annotations
 
@@ -85,13 +87,8 @@ class _StepsColumn(MofNCompleteColumn):
 
 
 def make_progress(enabled: bool, *, transient: bool = True) -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        _StepsColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=transient,
-        disable=not enabled,
-    )
+    """generate's progress: a bar on a terminal, plain lines (`--progress`) off one, nothing when not `enabled`."""
+    from diffrun.cli import progress
+
+    return progress.make(enabled, SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), _StepsColumn(),
+                         TimeElapsedColumn(), unit="steps", transient=transient)

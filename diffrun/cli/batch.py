@@ -24,7 +24,7 @@ from diffrun.cli import console, options
 from diffrun.cli import job_options as jo
 from diffrun.cli import model_options as mo
 from diffrun.cli.console import clean
-from diffrun.cli.options import OUTPUT, SAMPLING
+from diffrun.cli.options import FLAG, OUTPUT, SAMPLING
 from diffrun.cli.progress import make as make_progress
 from diffrun.errors import Exit, Interrupted, UsageError
 from diffrun.jobs import Job
@@ -67,7 +67,7 @@ def batch(
     guidance: jo.Guidance = None,
     strength: jo.Strength = None,
     seed: Annotated[list[int] | None, typer.Option(
-        "--seed", "-s", rich_help_panel=SAMPLING,
+        "--seed", "-s", metavar="N", rich_help_panel=SAMPLING,
         help="Base seed: a row without a seed gets SEED + its index (default 0; repeatable).")] = None,
     num_images: jo.NumImages = None,
     width: jo.Width = None,
@@ -76,44 +76,45 @@ def batch(
     fps: jo.Fps = None,
     param: jo.Params = None,
     output: Annotated[str | None, typer.Option(
-        "--output", "-o", envvar="DIFFRUN_OUTPUT", rich_help_panel=OUTPUT,
+        "--output", "-o", envvar="DIFFRUN_OUTPUT", metavar="DIR", rich_help_panel=OUTPUT,
         help=f"Output folder (files named {{id}}.png), or a name template with {{id}} \\[default: {DEFAULT_OUTPUT}]."
     )] = None,
     overwrite: jo.Overwrite = False,
     quality: jo.Quality = None,
     sidecar: jo.Sidecar = False,
     results: Annotated[Path | None, typer.Option(
-        "--results", envvar="DIFFRUN_RESULTS", rich_help_panel=BATCH,
+        "--results", envvar="DIFFRUN_RESULTS", metavar="FILE", rich_help_panel=BATCH,
         help="Results log, one JSON line per job \\[default: results.jsonl in the output folder].")] = None,
-    prefetch: Annotated[int, typer.Option("--prefetch", min=1, envvar="DIFFRUN_PREFETCH", rich_help_panel=BATCH,
+    prefetch: Annotated[int, typer.Option("--prefetch", min=1, envvar="DIFFRUN_PREFETCH", metavar="N",
+                                          rich_help_panel=BATCH,
                                           help="Jobs whose inputs are loaded ahead of inference.")] = 4,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, envvar="DIFFRUN_BATCH_SIZE",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, envvar="DIFFRUN_BATCH_SIZE", metavar="N",
                                             rich_help_panel=BATCH,
                                             help="Compatible consecutive jobs run in one pipeline call.")] = 1,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", rich_help_panel=BATCH,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", metavar=FLAG, rich_help_panel=BATCH,
                                                help="Also rerun jobs the results log records as failed.")] = False,
-    force: Annotated[bool, typer.Option("--force", rich_help_panel=BATCH,
+    force: Annotated[bool, typer.Option("--force", metavar=FLAG, rich_help_panel=BATCH,
                                         help="Rerun every job, replacing its outputs.")] = False,
-    fail_fast: Annotated[bool, typer.Option("--fail-fast", rich_help_panel=BATCH,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", metavar=FLAG, rich_help_panel=BATCH,
                                             help="Stop at the first failed job.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel=BATCH,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar=FLAG, rich_help_panel=BATCH,
                                           help="Check the manifest and load every input; no model, no files.")]
     = False,
-    manifest_format: Annotated[str, typer.Option("--manifest-format", rich_help_panel=BATCH,
+    manifest_format: Annotated[str, typer.Option("--manifest-format", metavar="FORMAT", rich_help_panel=BATCH,
                                                  help="auto, jsonl or csv.")] = "auto",
-    engine_name: Annotated[str, typer.Option("--engine", envvar="DIFFRUN_ENGINE", rich_help_panel=RAY,
+    engine_name: Annotated[str, typer.Option("--engine", envvar="DIFFRUN_ENGINE", metavar="ENGINE", rich_help_panel=RAY,
                                              help="local (this process) or ray (Ray Data; pip install "
                                                   "'diffrun\\[ray]').")] = "local",
     ray_address: Annotated[str | None, typer.Option(
-        "--ray-address", envvar="DIFFRUN_RAY_ADDRESS", rich_help_panel=RAY,
+        "--ray-address", envvar="DIFFRUN_RAY_ADDRESS", metavar="ADDRESS", rich_help_panel=RAY,
         help="Ray cluster to join: auto (the one running here) or HOST:PORT "
              "\\[default: $RAY_ADDRESS, else a local Ray for the run].")]
     = None,
     workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, envvar="DIFFRUN_WORKERS", rich_help_panel=RAY,
+        "--workers", min=1, envvar="DIFFRUN_WORKERS", metavar="N", rich_help_panel=RAY,
         help="Ray inference actors, each loading the model once \\[default: one per GPU, else 1].")] = None,
     gpus_per_worker: Annotated[float | None, typer.Option(
-        "--gpus-per-worker", min=0.0, envvar="DIFFRUN_GPUS_PER_WORKER", rich_help_panel=RAY,
+        "--gpus-per-worker", min=0.0, envvar="DIFFRUN_GPUS_PER_WORKER", metavar="GPUS", rich_help_panel=RAY,
         help="GPUs per Ray actor (fractions share a GPU) \\[default: 1 when the cluster has GPUs, else 0].")] = None,
     revision: mo.Revision = None,
     variant: mo.Variant = None,
@@ -286,7 +287,7 @@ def failed_earlier_note(ids: list[str], shown: int = 10) -> tuple[str, str]:
 def _dry_run(engine: Any, jobs: list[Job], policy: Any, log_path: Path, retry_failed: bool, force: bool,
              prefetch: int, json_out: bool) -> None:
     """The check as a report on stdout (a table, or with --json one line per job); the count line on stderr."""
-    table = Table("id", "action", "inputs", "error", box=None, header_style="bold")
+    table = Table("id", "action", "inputs", "error", box=None, header_style="bold", pad_edge=False)
 
     def on_result(record: dict[str, Any]) -> None:
         if json_out:

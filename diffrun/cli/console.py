@@ -22,10 +22,19 @@ from rich.progress import (
 )
 from rich.text import Text
 
+
+def stdout_is_terminal() -> bool:
+    """True when stdout is a terminal (False when it is a file, a pipe, or closed)."""
+    try:
+        return sys.stdout is not None and sys.stdout.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 # Reports (tables of inspect, env, batch --dry-run, ...) are results: they go to stdout. Off a terminal
 # nothing is cut at 80 columns (paths are what people grep for).
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 100_000)
+out = Console(highlight=False, soft_wrap=True, width=None if stdout_is_terminal() else 100_000)
 
 MAX_TEXT = 500
 """Longest outside string (path, URL, server text) shown in one message."""

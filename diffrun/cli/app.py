@@ -23,7 +23,7 @@ app = typer.Typer(
     name="diffrun",
     help="Run diffusion models from the command line: inputs from paths, URLs or data URIs.",
     no_args_is_help=True,
-    add_completion=False,  # `diffrun completion SHELL` prints the script; main() answers its requests
+    add_completion=False,  # `diffrun completion SHELL` prints the script; _register() readies the answers
     pretty_exceptions_enable=False,
     # typer's help option shows a `<bool>` placeholder: every command gets options.Help (-h, --help) instead.
     context_settings={"help_option_names": []},

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from diffrun import __version__
-from diffrun.cli import console
+from diffrun.cli import console, options
 from diffrun.errors import DiffrunError, Exit
 
 try:  # typer >= 0.29 carries its own click
@@ -23,9 +23,10 @@ app = typer.Typer(
     name="diffrun",
     help="Run diffusion models from the command line: inputs from paths, URLs or data URIs.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=False,  # `diffrun completion SHELL` prints the script; _register() readies the answers
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    # typer's help option shows a `<bool>` placeholder: every command gets options.Help (-h, --help) instead.
+    context_settings={"help_option_names": []},
 )
 
 
@@ -37,19 +38,24 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", envvar="DIFFRUN_DEBUG", help="Show tracebacks for errors.")] = False,
+    debug: options.Debug = False,
     version: Annotated[bool | None, typer.Option(
-        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None,
+        "--version", callback=_version, is_eager=True, metavar=options.FLAG,
+        help="Print the version and exit.")] = None,
+    help_: options.Help = None,
 ) -> None:
     console.State.debug = console.State.debug or debug
 
 
 def _register() -> None:
     """Commands are small modules; importing them imports nothing heavy (torch stays lazy)."""
-    from diffrun.cli import batch, env, generate, inspect, tiny_model
+    from diffrun.cli import batch, completion, env, generate, inspect, tiny_model
 
-    for module in (generate, batch, inspect, tiny_model, env):
+    for module in (generate, batch, inspect, tiny_model, env, completion):
         module.register(app)
+    for command in app.registered_commands:  # every command's --help lists --debug and -h/--help
+        command.callback = options.with_common(command.callback)
+    completion.answer_if_asked()
 
 
 def _split_debug(args: list[str]) -> tuple[list[str], bool]:
@@ -60,6 +66,17 @@ def _split_debug(args: list[str]) -> tuple[list[str], bool]:
     if "--debug" not in args[:cut]:
         return args, False
     return [a for a in args[:cut] if a != "--debug"] + args[cut:], True
+
+
+def _show_cli_error(exc: CliError) -> None:
+    """click's message; for a usage error with the `Try 'diffrun CMD -h'` line that click prints only
+    beside its own help option (the app's is options.Help)."""
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None or type(exc).show.__qualname__ != "UsageError.show":  # e.g. no arguments: the help itself
+        exc.show(file=sys.stderr)
+        return
+    typer.echo(f"{ctx.get_usage()}\nTry '{ctx.command_path} -h' for help.\n", err=True)
+    typer.echo(f"Error: {exc.format_message()}", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         console.error(exc.message, exc.hint)
         code = int(exc.exit)
     except CliError as exc:
-        exc.show(file=sys.stderr)
+        _show_cli_error(exc)
         code = Exit.USAGE
     except (KeyboardInterrupt, typer.Abort):
         console.error("interrupted")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,7 +23,9 @@ from rich.text import Text
 from diffrun.cli import console, options
 from diffrun.cli import job_options as jo
 from diffrun.cli import model_options as mo
-from diffrun.cli.options import OUTPUT, SAMPLING
+from diffrun.cli.console import clean
+from diffrun.cli.options import FLAG, OUTPUT, SAMPLING
+from diffrun.cli.progress import make as make_progress
 from diffrun.errors import Exit, Interrupted, UsageError
 from diffrun.jobs import Job
 
@@ -64,7 +67,7 @@ def batch(
     guidance: jo.Guidance = None,
     strength: jo.Strength = None,
     seed: Annotated[list[int] | None, typer.Option(
-        "--seed", "-s", rich_help_panel=SAMPLING,
+        "--seed", "-s", metavar="N", rich_help_panel=SAMPLING,
         help="Base seed: a row without a seed gets SEED + its index (default 0; repeatable).")] = None,
     num_images: jo.NumImages = None,
     width: jo.Width = None,
@@ -73,44 +76,45 @@ def batch(
     fps: jo.Fps = None,
     param: jo.Params = None,
     output: Annotated[str | None, typer.Option(
-        "--output", "-o", envvar="DIFFRUN_OUTPUT", rich_help_panel=OUTPUT,
+        "--output", "-o", envvar="DIFFRUN_OUTPUT", metavar="DIR", rich_help_panel=OUTPUT,
         help=f"Output folder (files named {{id}}.png), or a name template with {{id}} \\[default: {DEFAULT_OUTPUT}]."
     )] = None,
     overwrite: jo.Overwrite = False,
     quality: jo.Quality = None,
     sidecar: jo.Sidecar = False,
     results: Annotated[Path | None, typer.Option(
-        "--results", envvar="DIFFRUN_RESULTS", rich_help_panel=BATCH,
+        "--results", envvar="DIFFRUN_RESULTS", metavar="FILE", rich_help_panel=BATCH,
         help="Results log, one JSON line per job \\[default: results.jsonl in the output folder].")] = None,
-    prefetch: Annotated[int, typer.Option("--prefetch", min=1, envvar="DIFFRUN_PREFETCH", rich_help_panel=BATCH,
+    prefetch: Annotated[int, typer.Option("--prefetch", min=1, envvar="DIFFRUN_PREFETCH", metavar="N",
+                                          rich_help_panel=BATCH,
                                           help="Jobs whose inputs are loaded ahead of inference.")] = 4,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, envvar="DIFFRUN_BATCH_SIZE",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, envvar="DIFFRUN_BATCH_SIZE", metavar="N",
                                             rich_help_panel=BATCH,
                                             help="Compatible consecutive jobs run in one pipeline call.")] = 1,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", rich_help_panel=BATCH,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", metavar=FLAG, rich_help_panel=BATCH,
                                                help="Also rerun jobs the results log records as failed.")] = False,
-    force: Annotated[bool, typer.Option("--force", rich_help_panel=BATCH,
+    force: Annotated[bool, typer.Option("--force", metavar=FLAG, rich_help_panel=BATCH,
                                         help="Rerun every job, replacing its outputs.")] = False,
-    fail_fast: Annotated[bool, typer.Option("--fail-fast", rich_help_panel=BATCH,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", metavar=FLAG, rich_help_panel=BATCH,
                                             help="Stop at the first failed job.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", rich_help_panel=BATCH,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar=FLAG, rich_help_panel=BATCH,
                                           help="Check the manifest and load every input; no model, no files.")]
     = False,
-    manifest_format: Annotated[str, typer.Option("--manifest-format", rich_help_panel=BATCH,
+    manifest_format: Annotated[str, typer.Option("--manifest-format", metavar="FORMAT", rich_help_panel=BATCH,
                                                  help="auto, jsonl or csv.")] = "auto",
-    engine_name: Annotated[str, typer.Option("--engine", envvar="DIFFRUN_ENGINE", rich_help_panel=RAY,
+    engine_name: Annotated[str, typer.Option("--engine", envvar="DIFFRUN_ENGINE", metavar="ENGINE", rich_help_panel=RAY,
                                              help="local (this process) or ray (Ray Data; pip install "
                                                   "'diffrun\\[ray]').")] = "local",
     ray_address: Annotated[str | None, typer.Option(
-        "--ray-address", envvar="DIFFRUN_RAY_ADDRESS", rich_help_panel=RAY,
+        "--ray-address", envvar="DIFFRUN_RAY_ADDRESS", metavar="ADDRESS", rich_help_panel=RAY,
         help="Ray cluster to join: auto (the one running here) or HOST:PORT "
              "\\[default: $RAY_ADDRESS, else a local Ray for the run].")]
     = None,
     workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, envvar="DIFFRUN_WORKERS", rich_help_panel=RAY,
+        "--workers", min=1, envvar="DIFFRUN_WORKERS", metavar="N", rich_help_panel=RAY,
         help="Ray inference actors, each loading the model once \\[default: one per GPU, else 1].")] = None,
     gpus_per_worker: Annotated[float | None, typer.Option(
-        "--gpus-per-worker", min=0.0, envvar="DIFFRUN_GPUS_PER_WORKER", rich_help_panel=RAY,
+        "--gpus-per-worker", min=0.0, envvar="DIFFRUN_GPUS_PER_WORKER", metavar="GPUS", rich_help_panel=RAY,
         help="GPUs per Ray actor (fractions share a GPU) \\[default: 1 when the cluster has GPUs, else 0].")] = None,
     revision: mo.Revision = None,
     variant: mo.Variant = None,
@@ -188,8 +192,8 @@ def batch(
             counts[record["status"]] += 1
             bar.update(task, advance=1, **counts)
             if record["status"] == "failed":
-                bar.console.print(f"[red]failed[/red] {record['id']}: {record['error']['message']}",
-                                  markup=True, highlight=False)
+                bar.console.print(f"[red]failed[/red] {escape(clean(record['id']))}: "
+                                  f"{escape(clean(record['error']['message']))}", markup=True, highlight=False)
 
         hooks = {"should_stop": lambda: stop.requested, "on_result": on_result,
                  "on_status": lambda text: bar.update(task, status=text)}
@@ -199,9 +203,12 @@ def batch(
             from diffrun.engine.ray_engine import run_ray_batch
 
             summary = run_ray_batch(jobs, config, ray_options, **hooks)
+    # The summary is a log of the run, not its result (that is the results log and --json): stderr.
     if not console.State.quiet:
         console.err.print(summary_table(summary))
         console.info(f"results: {log_path}")
+    if summary.failed_earlier:  # why a rerun that skipped everything still exits 1, even with -q
+        console.error(*failed_earlier_note(summary.failed_earlier))
     if summary.interrupted:
         raise Interrupted(f"interrupted: {summary.not_run} jobs not run", hint="run the same command again to resume")
     if not summary.all_ok:
@@ -230,13 +237,18 @@ class _RateColumn(ProgressColumn):
 
 
 def _progress(show: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    """A bar on a terminal; plain lines off one (`--progress`); nothing when not `show`."""
+    return make_progress(
+        show, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("[green]{task.fields[ok]} ok[/green] [red]{task.fields[failed]} failed[/red] "
                    "{task.fields[skipped]} skipped"),
         _RateColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-        console=console.err, transient=True, disable=not show,
+        detail=_counts,
     )
+
+
+def _counts(task: Task) -> str:
+    return f"{task.fields['ok']} ok, {task.fields['failed']} failed, {task.fields['skipped']} skipped"
 
 
 def summary_table(summary: Any) -> Table:
@@ -248,6 +260,7 @@ def summary_table(summary: Any) -> Table:
     table.add_column(justify="right")
     rows = [
         ("jobs ok", str(summary.ok)), ("jobs failed", str(summary.failed)), ("jobs skipped", str(summary.skipped)),
+        *([("  failed in an earlier run", str(len(summary.failed_earlier)))] if summary.failed_earlier else []),
         ("jobs not run", str(summary.not_run)), ("images written", str(summary.images)),
         ("fetching (overlapped)", f"{seconds['fetching']:.2f} s"),
         ("waiting for inputs", f"{seconds['waiting']:.2f} s"),
@@ -259,23 +272,36 @@ def summary_table(summary: Any) -> Table:
     return table
 
 
+def failed_earlier_note(ids: list[str], shown: int = 10) -> tuple[str, str]:
+    """(message, hint) naming the jobs skipped because an earlier run recorded them failed."""
+    names = ", ".join(clean(i, 100) for i in ids[:shown])
+    if len(ids) > shown:
+        names += f" and {len(ids) - shown} more"
+    if len(ids) == 1:
+        return (f"1 job failed in an earlier run and was skipped: {names}",
+                "rerun it with --retry-failed (its error is in the results log)")
+    return (f"{len(ids)} jobs failed in an earlier run and were skipped: {names}",
+            "rerun them with --retry-failed (their errors are in the results log)")
+
+
 def _dry_run(engine: Any, jobs: list[Job], policy: Any, log_path: Path, retry_failed: bool, force: bool,
              prefetch: int, json_out: bool) -> None:
-    table = Table("id", "action", "inputs", "error", box=None, header_style="bold")
+    """The check as a report on stdout (a table, or with --json one line per job); the count line on stderr."""
+    table = Table("id", "action", "inputs", "error", box=None, header_style="bold", pad_edge=False)
 
     def on_result(record: dict[str, Any]) -> None:
         if json_out:
             console.emit_json(record)
         error = record.get("error", {}).get("message", "")
-        table.add_row(record["id"], record["action"], "[green]ok[/green]" if record["status"] == "ok"
-                      else "[red]failed[/red]", error)
+        table.add_row(escape(clean(record["id"])), record["action"], "[green]ok[/green]" if record["status"] == "ok"
+                      else "[red]failed[/red]", escape(clean(error.replace("\n", " "))))
 
     records = engine.dry_run(jobs, policy, results=log_path, retry_failed=retry_failed, force=force,
                              prefetch=max(prefetch, 8), on_result=on_result)
     failed = [r for r in records if r["status"] != "ok"]
     would_run = sum(r["action"] == "run" for r in records)
-    if not json_out and not console.State.quiet:
-        console.err.print(table)
+    if not json_out:
+        console.report(table)
     console.info(f"{len(records)} jobs: {would_run} would run, {len(records) - would_run} would be skipped; "
                  f"{len(failed)} with inputs that fail")
     if failed:

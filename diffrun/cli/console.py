@@ -1,4 +1,6 @@
-"""The one stderr console the whole app shares: logs, tables, progress. stdout is for results only."""
+"""The two consoles: `err` (stderr) for logs, errors and progress; `out` (stdout) for reports.
+
+stdout carries results only: image bytes, JSON, and reports (tables) through `report()`."""
 
 from __future__ import annotations
 
@@ -20,10 +22,19 @@ from rich.progress import (
 )
 from rich.text import Text
 
+
+def stdout_is_terminal() -> bool:
+    """True when stdout is a terminal (False when it is a file, a pipe, or closed)."""
+    try:
+        return sys.stdout is not None and sys.stdout.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 # Reports (tables of inspect, env, batch --dry-run, ...) are results: they go to stdout. Off a terminal
 # nothing is cut at 80 columns (paths are what people grep for).
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 100_000)
+out = Console(highlight=False, soft_wrap=True, width=None if stdout_is_terminal() else 100_000)
 
 MAX_TEXT = 500
 """Longest outside string (path, URL, server text) shown in one message."""
@@ -85,13 +96,8 @@ class _StepsColumn(MofNCompleteColumn):
 
 
 def make_progress(enabled: bool, *, transient: bool = True) -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        _StepsColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=transient,
-        disable=not enabled,
-    )
+    """generate's progress: a bar on a terminal, plain lines (`--progress`) off one, nothing when not `enabled`."""
+    from diffrun.cli import progress
+
+    return progress.make(enabled, SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), _StepsColumn(),
+                         TimeElapsedColumn(), unit="steps", transient=transient)

@@ -27,7 +27,7 @@ def generate(
     steps: jo.Steps = None,
     guidance: jo.Guidance = None,
     strength: jo.Strength = None,
-    seed: Annotated[list[int] | None, typer.Option("--seed", "-s", rich_help_panel=SAMPLING,
+    seed: Annotated[list[int] | None, typer.Option("--seed", "-s", metavar="N", rich_help_panel=SAMPLING,
                                                    help="Seed (repeatable: one output set per seed).")] = None,
     num_images: jo.NumImages = None,
     width: jo.Width = None,
@@ -36,13 +36,15 @@ def generate(
     fps: jo.Fps = None,
     param: jo.Params = None,
     output: Annotated[str | None, typer.Option(
-        "--output", "-o", envvar="DIFFRUN_OUTPUT", rich_help_panel=OUTPUT,
-        help="File, folder, name template ({seed} {index} {date} {time} {model}) or - for stdout.")] = None,
+        "--output", "-o", envvar="DIFFRUN_OUTPUT", metavar="PATH", rich_help_panel=OUTPUT,
+        help="File, folder, name template ({seed} {index} {date} {time} {model}), "
+             "or - for stdout (a pipe or file, not a terminal).")] = None,
     overwrite: jo.Overwrite = False,
     quality: jo.Quality = None,
     sidecar: jo.Sidecar = False,
     from_: Annotated[Path | None, typer.Option(
-        "--from", help="Rerun the recipe in a diffrun output (or its .json); flags override it.")] = None,
+        "--from", metavar="FILE",
+        help="Rerun the recipe in a diffrun output (or its .json); flags override it.")] = None,
     revision: mo.Revision = None,
     variant: mo.Variant = None,
     device: mo.Device = "auto",
@@ -81,6 +83,9 @@ def generate(
         job, recipe_model = _from_recipe(from_, flags)
     else:
         job = flags
+    if job.output == "-" and console.stdout_is_terminal():  # as curl does: binary output would garble the terminal
+        raise UsageError("-o -: stdout is a terminal, not a place for image bytes",
+                         hint="redirect it (-o - > out.png, or -o - | next-command) or pass a file: -o out.png")
     if not job.seeds:
         job.seeds = [secrets.randbelow(2**32)]
     runtime = mo.model_options(

@@ -7,36 +7,49 @@ from typing import Annotated
 
 import typer
 
-from diffrun.cli.options import OUTPUT, SAMPLING, parse_inputs, parse_params
+from diffrun.cli.options import FLAG, OUTPUT, SAMPLING, parse_inputs, parse_params
 from diffrun.jobs import Job
 
 INPUTS = "Inputs"
+PIPELINE_DEFAULT = "\\[default: pipeline default]"
+"""Unset sampling options take the pipeline's own default (its __call__ signature)."""
 
-Prompt = Annotated[str | None, typer.Option("--prompt", "-p", help="What to generate.")]
-NegativePrompt = Annotated[str | None, typer.Option("--negative-prompt", "-n", help="What to avoid.")]
+Prompt = Annotated[str | None, typer.Option("--prompt", "-p", metavar="TEXT", help="What to generate.")]
+NegativePrompt = Annotated[str | None, typer.Option("--negative-prompt", "-n", metavar="TEXT", help="What to avoid.")]
 Images = Annotated[list[str] | None, typer.Option(
-    "--image", "-i", rich_help_panel=INPUTS, help="Input image REF: path, URL, data: URI or - (repeatable).")]
-Mask = Annotated[str | None, typer.Option("--mask", rich_help_panel=INPUTS, help="Inpainting mask REF.")]
+    "--image", "-i", metavar="REF", rich_help_panel=INPUTS,
+    help="Input image REF: path, URL, data: URI or - (repeatable).")]
+Mask = Annotated[str | None, typer.Option("--mask", metavar="REF", rich_help_panel=INPUTS, help="Inpainting mask REF.")]
 Inputs = Annotated[list[str] | None, typer.Option(
-    "--input", rich_help_panel=INPUTS, help="Any other image argument: NAME=REF (repeat NAME for a list).")]
-Steps = Annotated[int | None, typer.Option("--steps", min=1, rich_help_panel=SAMPLING, help="Denoising steps.")]
-Guidance = Annotated[float | None, typer.Option("--guidance", rich_help_panel=SAMPLING, help="Guidance scale.")]
+    "--input", metavar="NAME=REF", rich_help_panel=INPUTS,
+    help="Any other image argument: NAME=REF (repeat NAME for a list).")]
+Steps = Annotated[int | None, typer.Option(
+    "--steps", min=1, metavar="N", rich_help_panel=SAMPLING, help=f"Denoising steps {PIPELINE_DEFAULT}.")]
+Guidance = Annotated[float | None, typer.Option(
+    "--guidance", metavar="SCALE", rich_help_panel=SAMPLING, help=f"Guidance scale {PIPELINE_DEFAULT}.")]
 Strength = Annotated[float | None, typer.Option(
-    "--strength", min=0.0, max=1.0, rich_help_panel=SAMPLING, help="How much image-to-image changes the input.")]
-NumImages = Annotated[int | None, typer.Option("--num-images", min=1, rich_help_panel=SAMPLING,
-                                               help="Images per seed.")]
+    "--strength", min=0.0, max=1.0, metavar="FRACTION", rich_help_panel=SAMPLING,
+    help=f"How much image-to-image changes the input {PIPELINE_DEFAULT}.")]
+NumImages = Annotated[int | None, typer.Option("--num-images", min=1, metavar="N", rich_help_panel=SAMPLING,
+                                               help="Images per seed \\[default: 1].")]
 Width = Annotated[int | None, typer.Option(
-    "--width", "-W", min=8, rich_help_panel=SAMPLING,
-    help="Output width (image-to-image: the input is cropped and resized to it).")]
-Height = Annotated[int | None, typer.Option("--height", "-H", min=8, rich_help_panel=SAMPLING, help="Output height.")]
-Frames = Annotated[int | None, typer.Option("--frames", min=1, rich_help_panel=SAMPLING, help="Video frames.")]
-Fps = Annotated[int | None, typer.Option("--fps", min=1, rich_help_panel=OUTPUT, help="Frame rate of written videos.")]
+    "--width", "-W", min=8, metavar="PIXELS", rich_help_panel=SAMPLING,
+    help="Output width (image-to-image: the input is cropped and resized to it) "
+         "\\[default: pipeline default; image-to-image: the input's].")]
+Height = Annotated[int | None, typer.Option(
+    "--height", "-H", min=8, metavar="PIXELS", rich_help_panel=SAMPLING,
+    help="Output height \\[default: pipeline default; image-to-image: the input's].")]
+Frames = Annotated[int | None, typer.Option("--frames", min=1, metavar="N", rich_help_panel=SAMPLING,
+                                            help=f"Video frames {PIPELINE_DEFAULT}.")]
+Fps = Annotated[int | None, typer.Option("--fps", min=1, metavar="N", rich_help_panel=OUTPUT,
+                                         help="Frame rate of written videos \\[default: the pipeline's fps, else 8].")]
 Params = Annotated[list[str] | None, typer.Option(
-    "--param", rich_help_panel=SAMPLING, help="Any other call argument KEY=VALUE (JSON value).")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", rich_help_panel=OUTPUT, help="Replace existing files.")]
-Quality = Annotated[int | None, typer.Option("--quality", min=1, max=100, rich_help_panel=OUTPUT,
+    "--param", metavar="KEY=VALUE", rich_help_panel=SAMPLING, help="Any other call argument KEY=VALUE (JSON value).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", metavar=FLAG, rich_help_panel=OUTPUT,
+                                         help="Replace existing files.")]
+Quality = Annotated[int | None, typer.Option("--quality", min=1, max=100, metavar="N", rich_help_panel=OUTPUT,
                                              help="JPEG/WebP quality.")]
-Sidecar = Annotated[bool, typer.Option("--sidecar", rich_help_panel=OUTPUT,
+Sidecar = Annotated[bool, typer.Option("--sidecar", metavar=FLAG, rich_help_panel=OUTPUT,
                                        help="Also write <output>.json with the recipe.")]
 
 

@@ -7,34 +7,44 @@ from typing import Annotated
 
 import typer
 
-from diffrun.cli.options import RUNTIME, parse_loras
+from diffrun.cli.options import FLAG, RUNTIME, parse_loras
 
 Model = Annotated[str | None, typer.Option(
-    "--model", "-m", envvar="DIFFRUN_MODEL", rich_help_panel=RUNTIME,
+    "--model", "-m", envvar="DIFFRUN_MODEL", metavar="MODEL", rich_help_panel=RUNTIME,
     help="A diffusers pipeline folder, a cached hub id, or a single-file checkpoint.")]
-Revision = Annotated[str | None, typer.Option("--revision", envvar="DIFFRUN_REVISION", rich_help_panel=RUNTIME,
-                                              help="Hub revision (branch, tag or commit).")]
-Variant = Annotated[str | None, typer.Option("--variant", envvar="DIFFRUN_VARIANT", rich_help_panel=RUNTIME,
-                                             help="Weight variant, e.g. fp16.")]
-Device = Annotated[str, typer.Option("--device", envvar="DIFFRUN_DEVICE", rich_help_panel=RUNTIME,
-                                     help="auto, cuda, cuda:N, mps or cpu (auto: cuda, then mps, then cpu).")]
-Dtype = Annotated[str, typer.Option("--dtype", envvar="DIFFRUN_DTYPE", rich_help_panel=RUNTIME,
-                                    help="auto, fp16, bf16 or fp32 "
-                                         "(auto: bf16 where supported, fp16 on GPUs, fp32 on cpu).")]
-Offload = Annotated[str, typer.Option("--offload", envvar="DIFFRUN_OFFLOAD", rich_help_panel=RUNTIME,
-                                      help="none, model or sequential CPU offload (CUDA only).")]
-VaeTiling = Annotated[bool, typer.Option("--vae-tiling", envvar="DIFFRUN_VAE_TILING", rich_help_panel=RUNTIME,
-                                         help="Decode in tiles (large images, less memory).")]
-VaeSlicing = Annotated[bool, typer.Option("--vae-slicing", envvar="DIFFRUN_VAE_SLICING", rich_help_panel=RUNTIME,
-                                          help="Decode one image at a time.")]
-AttentionSlicing = Annotated[bool, typer.Option("--attention-slicing", envvar="DIFFRUN_ATTENTION_SLICING",
-                                                rich_help_panel=RUNTIME, help="Compute attention in slices.")]
-Compile = Annotated[bool, typer.Option("--compile", envvar="DIFFRUN_COMPILE", rich_help_panel=RUNTIME,
-                                       help="torch.compile the denoiser (slow first call, faster after).")]
-Scheduler = Annotated[str | None, typer.Option("--scheduler", envvar="DIFFRUN_SCHEDULER", rich_help_panel=RUNTIME,
-                                               help="A scheduler class compatible with the pipeline.")]
-Lora = Annotated[list[str] | None, typer.Option("--lora", envvar="DIFFRUN_LORA", rich_help_panel=RUNTIME,
-                                                help="LoRA weights REF[:SCALE] (repeatable).")]
+Revision = Annotated[str | None, typer.Option(
+    "--revision", envvar="DIFFRUN_REVISION", metavar="REV", rich_help_panel=RUNTIME,
+    help="Hub revision (branch, tag or commit).")]
+Variant = Annotated[str | None, typer.Option(
+    "--variant", envvar="DIFFRUN_VARIANT", metavar="NAME", rich_help_panel=RUNTIME,
+    help="Weight variant, e.g. fp16.")]
+Device = Annotated[str, typer.Option(
+    "--device", envvar="DIFFRUN_DEVICE", metavar="DEVICE", rich_help_panel=RUNTIME,
+    help="auto, cuda, cuda:N, mps or cpu (auto: cuda, then mps, then cpu).")]
+Dtype = Annotated[str, typer.Option(
+    "--dtype", envvar="DIFFRUN_DTYPE", metavar="DTYPE", rich_help_panel=RUNTIME,
+    help="auto, fp16, bf16 or fp32 (auto: bf16 where supported, fp16 on GPUs, fp32 on cpu).")]
+Offload = Annotated[str, typer.Option(
+    "--offload", envvar="DIFFRUN_OFFLOAD", metavar="MODE", rich_help_panel=RUNTIME,
+    help="none, model or sequential CPU offload (CUDA only).")]
+VaeTiling = Annotated[bool, typer.Option(
+    "--vae-tiling", envvar="DIFFRUN_VAE_TILING", metavar=FLAG, rich_help_panel=RUNTIME,
+    help="Decode in tiles (large images, less memory).")]
+VaeSlicing = Annotated[bool, typer.Option(
+    "--vae-slicing", envvar="DIFFRUN_VAE_SLICING", metavar=FLAG, rich_help_panel=RUNTIME,
+    help="Decode one image at a time.")]
+AttentionSlicing = Annotated[bool, typer.Option(
+    "--attention-slicing", envvar="DIFFRUN_ATTENTION_SLICING", metavar=FLAG, rich_help_panel=RUNTIME,
+    help="Compute attention in slices.")]
+Compile = Annotated[bool, typer.Option(
+    "--compile", envvar="DIFFRUN_COMPILE", metavar=FLAG, rich_help_panel=RUNTIME,
+    help="torch.compile the denoiser (slow first call, faster after).")]
+Scheduler = Annotated[str | None, typer.Option(
+    "--scheduler", envvar="DIFFRUN_SCHEDULER", metavar="NAME", rich_help_panel=RUNTIME,
+    help="A scheduler class compatible with the pipeline.")]
+Lora = Annotated[list[str] | None, typer.Option(
+    "--lora", envvar="DIFFRUN_LORA", metavar="REF[:SCALE]", rich_help_panel=RUNTIME,
+    help="LoRA weights REF[:SCALE] (repeatable).")]
 
 
 def model_ref(model: str | None) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,39 +18,84 @@ LOADER = "Input loading"
 OUTPUT = "Output"
 RUNTIME = "Runtime"
 SAMPLING = "Sampling"
+FLAG = ""
+"""The metavar of an on/off option: none (typer would show `<bool>`)."""
 
 SaveInputs = Annotated[Path | None, typer.Option(
-    "--save-inputs", envvar="DIFFRUN_SAVE_INPUTS", rich_help_panel=LOADER,
+    "--save-inputs", envvar="DIFFRUN_SAVE_INPUTS", metavar="DIR", rich_help_panel=LOADER,
     help="Keep each input's exact bytes in this folder (plus inputs.jsonl).")]
 Timeout = Annotated[str, typer.Option(
-    "--timeout", envvar="DIFFRUN_TIMEOUT", rich_help_panel=LOADER,
+    "--timeout", envvar="DIFFRUN_TIMEOUT", metavar="SECONDS", rich_help_panel=LOADER,
     help="Seconds to wait for a connection or for the next bytes of a response.")]
 Deadline = Annotated[str, typer.Option(
-    "--deadline", envvar="DIFFRUN_DEADLINE", rich_help_panel=LOADER,
+    "--deadline", envvar="DIFFRUN_DEADLINE", metavar="SECONDS", rich_help_panel=LOADER,
     help="Wall-clock seconds for one input, retries included (0: none).")]
 Retries = Annotated[int, typer.Option(
-    "--retries", envvar="DIFFRUN_RETRIES", min=0, rich_help_panel=LOADER,
+    "--retries", envvar="DIFFRUN_RETRIES", min=0, metavar="N", rich_help_panel=LOADER,
     help="Retries for connection errors, timeouts and 408/429/5xx answers.")]
 MaxInputBytes = Annotated[str, typer.Option(
-    "--max-input-bytes", envvar="DIFFRUN_MAX_INPUT_BYTES", rich_help_panel=LOADER,
+    "--max-input-bytes", envvar="DIFFRUN_MAX_INPUT_BYTES", metavar="SIZE", rich_help_panel=LOADER,
     help="Largest input accepted, units allowed (50MB, 2GiB).")]
 MaxPixels = Annotated[int, typer.Option(
-    "--max-pixels", envvar="DIFFRUN_MAX_PIXELS", min=1, rich_help_panel=LOADER,
+    "--max-pixels", envvar="DIFFRUN_MAX_PIXELS", min=1, metavar="N", rich_help_panel=LOADER,
     help="Largest image accepted, in pixels, checked before decoding.")]
 Background = Annotated[str, typer.Option(
-    "--background", envvar="DIFFRUN_BACKGROUND", rich_help_panel=LOADER,
+    "--background", envvar="DIFFRUN_BACKGROUND", metavar="COLOR", rich_help_panel=LOADER,
     help="Colour transparent pixels are composited onto (name or #rrggbb).")]
 AllowHost = Annotated[list[str] | None, typer.Option(
-    "--allow-host", envvar="DIFFRUN_ALLOW_HOST", rich_help_panel=LOADER,
+    "--allow-host", envvar="DIFFRUN_ALLOW_HOST", metavar="HOST", rich_help_panel=LOADER,
     help="Only fetch from this host (repeatable; *.example.com for subdomains).")]
 BlockPrivate = Annotated[bool, typer.Option(
-    "--block-private", envvar="DIFFRUN_BLOCK_PRIVATE", rich_help_panel=LOADER,
+    "--block-private", envvar="DIFFRUN_BLOCK_PRIVATE", metavar=FLAG, rich_help_panel=LOADER,
     help="Refuse loopback, private, link-local and reserved addresses, on every redirect.")]
-Json = Annotated[bool, typer.Option("--json", envvar="DIFFRUN_JSON", help="Print results as JSON on stdout.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", envvar="DIFFRUN_QUIET",
+Json = Annotated[bool, typer.Option("--json", envvar="DIFFRUN_JSON", metavar=FLAG,
+                                    help="Print results as JSON on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", envvar="DIFFRUN_QUIET", metavar=FLAG,
                                      help="Print nothing but errors on stderr.")]
 ProgressFlag = Annotated[bool, typer.Option(
-    "--progress", envvar="DIFFRUN_PROGRESS", help="Show progress bars even when stderr is not a terminal.")]
+    "--progress", envvar="DIFFRUN_PROGRESS", metavar=FLAG,
+    help="Show progress even when stderr is not a terminal (there: plain lines, at most one a second).")]
+
+Debug = Annotated[bool, typer.Option(
+    "--debug", envvar="DIFFRUN_DEBUG", metavar=FLAG,
+    help="Show tracebacks for errors (accepted anywhere before --).")]
+
+
+def _show_help(ctx: typer.Context, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        typer.echo(ctx.get_help(), color=ctx.color)
+        raise typer.Exit()
+
+
+Help = Annotated[bool | None, typer.Option(
+    "--help", "-h", is_eager=True, expose_value=False, callback=_show_help, metavar=FLAG,
+    help="Show this message and exit.")]
+"""typer's own help option would show `<bool>`; the app turns it off (help_option_names=[]) for this one."""
+
+
+def with_common(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`command` with `--debug` and `--help` in its signature, so that its --help lists them.
+
+    main() takes --debug out of argv before typer parses it (so it works anywhere on the line); the
+    option is here to be seen, and sets the debug state when a command is called without main().
+    """
+    signature = inspect.signature(command, eval_str=True)
+    if "debug" in signature.parameters:
+        return command
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, debug: bool = False, help_: bool | None = None, **kwargs: Any) -> Any:
+        from diffrun.cli import console
+
+        console.State.debug = console.State.debug or debug
+        return command(*args, **kwargs)
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    extra = [inspect.Parameter("debug", keyword, default=False, annotation=Debug),
+             inspect.Parameter("help_", keyword, default=None, annotation=Help)]
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *extra])
+    return wrapper
 
 
 def parse_color(text: str) -> tuple[int, int, int]:

@@ -13,9 +13,10 @@ from diffrun.errors import OutputExistsError, UsageError
 
 def tiny_model(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Folder to write the model into.")],
-    kind: Annotated[str, typer.Option("--kind", "-k", help="Which tiny pipeline: sd or svd.")] = "sd",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights.")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a folder that is not empty.")] = False,
+    kind: Annotated[str, typer.Option("--kind", "-k", metavar="KIND", help="Which tiny pipeline: sd or svd.")] = "sd",
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the random weights.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar=options.FLAG,
+                                            help="Write into a folder that is not empty.")] = False,
     json_out: options.Json = False,
     quiet: options.Quiet = False,
 ) -> None:

@@ -67,6 +67,8 @@ class Summary:
     skipped: int = 0
     skipped_failed: int = 0
     """Skipped because an earlier run recorded them failed (they still make the exit code 1)."""
+    failed_earlier: list[str] = field(default_factory=list)
+    """The ids of those jobs, in manifest order (the summary names them)."""
     not_run: int = 0
     images: int = 0
     interrupted: bool = False
@@ -197,6 +199,7 @@ class BatchRunner:
                 self.summary.skipped += 1
                 if previous["status"] == FAILED:
                     self.summary.skipped_failed += 1
+                    self.summary.failed_earlier.append(job.id)
                 self._emit(_record(job, SKIPPED, previous=previous["status"], outputs=previous.get("outputs", []),
                                    inputs=previous.get("inputs", {}), seed=previous.get("seed"),
                                    seeds=previous.get("seeds", job.seeds)))

@@ -98,8 +98,12 @@ def test_default_names_never_collide(tiny_sd: Path, tmp_path: Path) -> None:
 
 
 def test_bad_input_exits_3_before_the_model_loads(tmp_path: Path) -> None:
-    # The model does not exist either: exit 3 (not 4) proves the inputs were checked first.
-    proc = diffrun("generate", "-m", str(tmp_path / "no-model"), "-p", "x", "-i", str(tmp_path / "missing.png"))
+    # The model passes the reference check but cannot load: exit 3 (not 4) proves the inputs came first.
+    # (A reference that fails the check, a stat, is reported before the inputs: test_model_ref.py.)
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    proc = diffrun("generate", "-m", str(broken), "-p", "x", "-i", str(tmp_path / "missing.png"))
     assert proc.returncode == 3
     lines = proc.stderr.decode().strip().splitlines()
     assert lines[0].startswith("error:") and "missing.png" in lines[0] and "not found" in lines[0]

@@ -71,6 +71,8 @@ def test_accepts_a_folder_a_checkpoint_and_a_cached_hub_id(tmp_path: Path, hub_c
     ("bare-name", "no such file or folder", "not_found"),
     ("missing-checkpoint", "no such file or folder", "not_found"),
     ("empty-folder", "not a diffusers pipeline folder (no model_index.json)", "not_a_model"),
+    ("bad-index", "model_index.json is not valid JSON (", "not_a_model"),
+    ("classless-index", "model_index.json names no pipeline class (_class_name)", "not_a_model"),
     ("text-file", "not a checkpoint file (expected .safetensors", "not_a_model"),
     ("index-file", "this is the pipeline's index, not the model", "not_a_model"),
     ("url", "a URL is not a model reference", "unsupported"),
@@ -83,9 +85,13 @@ def test_rejects_what_cannot_load_in_one_line(make: str, reason: str, code: str,
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "sd").mkdir()
     (tmp_path / "sd" / "model_index.json").write_bytes(INDEX)
+    for name, index in (("bad", "{not json"), ("classless", '{"unet": ["diffusers", "UNet2DModel"]}')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text(index)
     ref = {"missing": "./nonexistent", "bare-name": "nonexistent", "missing-checkpoint": "org/model.safetensors",
-           "empty-folder": "./empty", "text-file": "notes.txt", "index-file": "sd/model_index.json",
-           "url": "https://example.com/model.safetensors", "uncached-hub-id": "nobody/no-such-model"}[make]
+           "empty-folder": "./empty", "bad-index": "bad", "classless-index": "classless", "text-file": "notes.txt",
+           "index-file": "sd/model_index.json", "url": "https://example.com/model.safetensors",
+           "uncached-hub-id": "nobody/no-such-model"}[make]
     with pytest.raises(ModelError) as err:
         check_model_ref(ref)
     assert err.value.message.startswith(f"{ref}: {reason}")

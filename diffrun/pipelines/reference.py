@@ -8,6 +8,7 @@ cached is let through when online: it may download.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from diffrun.errors import ModelError
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 MAX_SHOWN = 200
+MAX_INDEX_BYTES = 1 << 20
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
 _URL_USER = re.compile(r"(?i)^([a-z][a-z0-9+.-]*://)[^/?#]*@")
@@ -85,10 +87,19 @@ def check_model_ref(model: str, revision: str | None = None) -> ModelRef:
 
 
 def _check_folder(model: str, path: Path) -> ModelRef:
-    if not (path / "model_index.json").is_file():
+    index = path / "model_index.json"
+    if not index.is_file():
         raise model_error(model, "not a diffusers pipeline folder (no model_index.json)",
                           hint="point at the folder that holds model_index.json, or at a checkpoint file",
                           code="not_a_model")
+    with index.open("rb") as handle:  # a few hundred bytes; capped so a hostile one costs nothing
+        text = handle.read(MAX_INDEX_BYTES + 1)
+    try:
+        config = json.loads(text) if len(text) <= MAX_INDEX_BYTES else None
+    except ValueError as exc:  # bad JSON or bad UTF-8
+        raise model_error(model, f"model_index.json is not valid JSON ({exc})", code="not_a_model") from exc
+    if not isinstance(config, dict) or not isinstance(config.get("_class_name"), str):
+        raise model_error(model, "model_index.json names no pipeline class (_class_name)", code="not_a_model")
     return ModelRef("folder", str(path.resolve()))
 
 

@@ -179,7 +179,7 @@ def test_env_json() -> None:
     assert info["offline"] is True and isinstance(info["devices"], list)
 
 
-def test_ctrl_c_exits_130_and_writes_nothing(server, tmp_path: Path) -> None:
+def test_ctrl_c_exits_130_and_writes_nothing(server, tiny_sd: Path, tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
@@ -189,7 +189,7 @@ def test_ctrl_c_exits_130_and_writes_nothing(server, tmp_path: Path) -> None:
 
     url = server.add("/hang.png", body=SAMPLE.read_bytes(), content_type="image/png", always="slow", slow=30)
     out = tmp_path / "never.png"
-    proc = subprocess.Popen([sys.executable, "-m", "diffrun", "generate", "-m", str(tmp_path / "m"), "-p", "x",
+    proc = subprocess.Popen([sys.executable, "-m", "diffrun", "generate", "-m", str(tiny_sd), "-p", "x",
                              "-i", url, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=cli_env())
     deadline = time.monotonic() + 60

@@ -98,8 +98,12 @@ def test_default_names_never_collide(tiny_sd: Path, tmp_path: Path) -> None:
 
 
 def test_bad_input_exits_3_before_the_model_loads(tmp_path: Path) -> None:
-    # The model does not exist either: exit 3 (not 4) proves the inputs were checked first.
-    proc = diffrun("generate", "-m", str(tmp_path / "no-model"), "-p", "x", "-i", str(tmp_path / "missing.png"))
+    # The model passes the reference check but cannot load: exit 3 (not 4) proves the inputs came first.
+    # (A reference that fails the check, a stat, is reported before the inputs: test_model_ref.py.)
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    proc = diffrun("generate", "-m", str(broken), "-p", "x", "-i", str(tmp_path / "missing.png"))
     assert proc.returncode == 3
     lines = proc.stderr.decode().strip().splitlines()
     assert lines[0].startswith("error:") and "missing.png" in lines[0] and "not found" in lines[0]
@@ -175,7 +179,7 @@ def test_env_json() -> None:
     assert info["offline"] is True and isinstance(info["devices"], list)
 
 
-def test_ctrl_c_exits_130_and_writes_nothing(server, tmp_path: Path) -> None:
+def test_ctrl_c_exits_130_and_writes_nothing(server, tiny_sd: Path, tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
@@ -185,7 +189,7 @@ def test_ctrl_c_exits_130_and_writes_nothing(server, tmp_path: Path) -> None:
 
     url = server.add("/hang.png", body=SAMPLE.read_bytes(), content_type="image/png", always="slow", slow=30)
     out = tmp_path / "never.png"
-    proc = subprocess.Popen([sys.executable, "-m", "diffrun", "generate", "-m", str(tmp_path / "m"), "-p", "x",
+    proc = subprocess.Popen([sys.executable, "-m", "diffrun", "generate", "-m", str(tiny_sd), "-p", "x",
                              "-i", url, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=cli_env())
     deadline = time.monotonic() + 60

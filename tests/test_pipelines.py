@@ -250,12 +250,14 @@ def test_unloadable_models_raise_model_error(make: str, tmp_path: Path) -> None:
     with pytest.raises(ModelError) as err:
         load_model(ModelOptions(ref))
     message = str(err.value)
-    assert message.startswith(f"cannot load model '{ref}'") and "\n" not in message
+    assert message.startswith(f"{ref}: ") and "\n" not in message  # the documented `<model>: <reason>`
     assert err.value.exit == 4
     if make == "empty":
-        assert "model_index.json missing" in message
-    if make in ("missing", "uncached-hub-id"):
-        assert "not a folder, file or cached hub id" in message
+        assert "no model_index.json" in message
+    if make == "missing":
+        assert "no such file or folder" in message
+    if make == "uncached-hub-id":
+        assert "not in the local cache and offline mode is on" in message
 
 
 def test_lora_that_cannot_load_is_a_clear_error(tiny_sd: Path, tmp_path: Path) -> None:

@@ -151,6 +151,7 @@ def batch(
     from diffrun.engine import batch as engine
     from diffrun.engine.signals import StopRequested
     from diffrun.manifest import load_manifest
+    from diffrun.pipelines.reference import check_model_ref
 
     console.State.quiet = console.State.quiet or quiet
     ray_options = _ray_options(engine_name, ray_address, workers, gpus_per_worker)
@@ -182,6 +183,7 @@ def batch(
         overwrite=overwrite, quality=quality, sidecar=sidecar, fps=fps, save_inputs=save_inputs,
         retry_failed=retry_failed, force=force, fail_fast=fail_fast,
     )
+    check_model_ref(config.model.model, config.model.revision)  # before inputs, torch or Ray start
     with StopRequested() as stop, _progress(show) as bar:
         task = bar.add_task("jobs", total=len(jobs), ok=0, failed=0, skipped=0, status="")
 

@@ -131,10 +131,12 @@ def _from_recipe(path: Path, flags: Job) -> tuple[Job, str | None]:
 
 def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool, quality: int | None,
          sidecar: bool, show: bool) -> dict:
-    """Inputs first (a bad one fails before the model loads), then the model, the pipeline, the files."""
+    """The model reference, the inputs (a bad one fails before the model loads), the model, the pipeline, the files."""
     from diffrun import pipelines
     from diffrun.engine import jobrun
+    from diffrun.pipelines.reference import check_model_ref
 
+    check_model_ref(runtime.model, runtime.revision)  # first: a stat or a cache look, no torch, no network
     timings: dict[str, float] = {}
     start = time.perf_counter()
     inputs = jobrun.load_job_inputs(job, policy, save_inputs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import platform
 from dataclasses import dataclass, field
@@ -36,20 +35,6 @@ def environment(smoke: bool, settings: dict[str, Any]) -> dict[str, Any]:
         "torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
         "transformers": transformers.__version__, "settings": settings,
     }
-
-
-def noise_png(size: int, index: int) -> bytes:
-    """A size x size PNG of seeded colour noise over a gradient: an image-to-image input."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(index)
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    base = np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (size, 1)), np.full((size, size), 128.0)], -1)
-    noisy = np.clip(base + rng.normal(0, 24, (size, size, 3)), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(noisy, "RGB").save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def _find(rows: list[dict[str, Any]], model: str, prefix: str) -> dict[str, Any] | None:
@@ -153,8 +138,10 @@ class Report:
                          f"{_num(r.get('vs_raw'))}{'×' if r.get('vs_raw') else ''} | {_num(r.get('load_s'), 1)} | "
                          f"{_num(r.get('process_s'), 1)} | {_num(r.get('peak_gib'))} | {note.strip('; ')} |")
         lines += ["", "| goal | model | measured | holds |", "|---|---|---:|---|"]
+        smoke = m["gpu"] is None
         for g in goals(self.rows):
             holds = "not run" if g["holds"] is None else ("yes" if g["holds"] else "**no**")
+            holds = f"{holds} (cpu smoke: not a measurement)" if smoke and g["holds"] is not None else holds
             lines.append(f"| {g['text']} | {g['model']} | {_num(g['ratio'])}{'×' if g['ratio'] else ''} "
                          f"(goal ≥ {g['threshold']}×) | {holds} |")
         if self.tests:

@@ -66,7 +66,7 @@ class Settings:
             return cls(True, "cpu", "tiny", {"sd15": 64, "sdxl": 64}, {"sd15": 2, "sdxl": 2}, {"sd15": 1, "sdxl": 1},
                        jobs=args.jobs or 4, big_size=128, heavy_steps=2, latency=args.latency)
         return cls(False, "cuda", "full", {"sd15": 512, "sdxl": 1024}, {"sd15": 20, "sdxl": 12},
-                   {"sd15": 3, "sdxl": 2}, jobs=args.jobs or 16, big_size=2048, heavy_steps=4, latency=args.latency)
+                   {"sd15": 5, "sdxl": 3}, jobs=args.jobs or 16, big_size=2048, heavy_steps=4, latency=args.latency)
 
 
 @dataclass
@@ -117,21 +117,23 @@ def plan(b: Bench, args: argparse.Namespace) -> list[tuple[str, Any]]:
     lib, steps = gpu_rows.library_row, s.heavy_steps
     todo: list[tuple[str, Any]] = []
     if not args.no_default:
+        # The first question (does diffrun cost anything?) first, so a cut budget loses the least wanted rows.
         for kind in kinds:
             todo += [(f"{kind} raw diffusers", partial(gpu_rows.raw_row, b, kind)),
                      (f"{kind} diffrun library", partial(lib, b, kind, "diffrun library, --dtype auto")),
                      (f"{kind} diffrun generate", partial(gpu_rows.generate_row, b, kind))]
-            if kind == "sd15":
-                todo += [(f"sd15 batch --batch-size {n}", partial(gpu_rows.batch_row, b, kind, n)) for n in (1, 4)]
-                todo += [(f"sd15 --dtype {d}", partial(lib, b, kind, f"diffrun library, --dtype {d}", dtype=d))
-                         for d in ("fp16", "bf16") if s.smoke or d != _auto_dtype(s)]  # auto's pick: the library row
-            todo.append((f"{kind} --offload model", partial(lib, b, kind, "diffrun library, --offload model",
-                                                            offload="model")))
-            if kind == "sd15":
-                todo.append(("sd15 img2img: preloaded vs data: URIs vs URLs", partial(gpu_rows.img2img_rows, b, kind)))
+        if "sd15" in kinds:
+            todo += [(f"sd15 batch --batch-size {n}", partial(gpu_rows.batch_row, b, "sd15", n)) for n in (1, 4)]
+            todo.append(("sd15 img2img: preloaded vs data: URIs vs URLs", partial(gpu_rows.img2img_rows, b, "sd15")))
+            todo += [(f"sd15 --dtype {d}", partial(lib, b, "sd15", f"diffrun library, --dtype {d}", dtype=d))
+                     for d in _dtypes(s)]
+        todo += [(f"{kind} --offload model", partial(lib, b, kind, "diffrun library, --offload model",
+                                                     offload="model")) for kind in kinds]
+    if args.no_default and (args.heavy or args.compile) and "sd15" in kinds:  # their baseline
+        todo.append(("sd15 diffrun library", partial(lib, b, "sd15", "diffrun library, --dtype auto")))
     if args.heavy and "sd15" in kinds:
         todo += [("sd15 --offload sequential", partial(lib, b, "sd15", "diffrun library, --offload sequential",
-                                                       offload="sequential", steps=steps, repeats=1)),
+                                                       offload="sequential", repeats=1)),
                  (f"sd15 {s.big_size}² no tiling", partial(lib, b, "sd15", f"{s.big_size}², no --vae-tiling",
                                                            size=s.big_size, steps=steps, repeats=1)),
                  (f"sd15 {s.big_size}² --vae-tiling", partial(lib, b, "sd15", f"{s.big_size}², --vae-tiling",
@@ -142,10 +144,13 @@ def plan(b: Bench, args: argparse.Namespace) -> list[tuple[str, Any]]:
     return todo
 
 
-def _auto_dtype(s: Settings) -> str:
+def _dtypes(s: Settings) -> tuple[str, ...]:
+    """The explicit --dtype rows: fp16 and bf16 less auto's pick (that is the library row); fp16 on CPU."""
     from diffrun.pipelines import runtime
 
-    return runtime.resolve_dtype("auto", s.device)
+    if s.smoke:
+        return ("fp16",)
+    return tuple(d for d in ("fp16", "bf16") if d != runtime.resolve_dtype("auto", s.device))
 
 
 def run_tests(b: Bench) -> dict[str, Any]:

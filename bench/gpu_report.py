@@ -95,10 +95,16 @@ class Report:
         if row.get("status") == "ok" and row.get("peak_bytes") is not None:
             row["peak_gib"] = round(row["peak_bytes"] / 2**30, 2)
         raw = _find(self.rows, row.get("model", ""), "raw diffusers")
-        same_work = raw is not None and (raw["size"], raw["steps"]) == (row.get("size"), row.get("steps"))
-        ratio = _ratio(row, raw, "steps_per_s") if row.get("status") == "ok" and same_work else None
-        if ratio is not None:
-            row["vs_raw"] = round(ratio, 3)
+        base = raw or _find(self.rows, row.get("model", ""), "diffrun library, --dtype auto")
+        same_work = base is not None and (base["size"], base["steps"]) == (row.get("size"), row.get("steps"))
+        ratio = _ratio(row, base, "steps_per_s") if row.get("status") == "ok" and same_work else None
+        if ratio is not None and base is not row:
+            row["vs_raw" if raw else "vs_library"] = round(ratio, 3)
+        untiled = _find(self.rows, row.get("model", ""), row["row"].replace("--vae-tiling", "no --vae-tiling"))
+        if row["row"].endswith(", --vae-tiling") and untiled and row.get("status") == "ok":
+            slower, peak = _ratio(row, untiled, "inference_s"), _ratio(row, untiled, "peak_bytes")
+            row["note"] = "; ".join(filter(None, [f"{slower:.2f}× the untiled time" if slower else "",
+                                                  f"{peak:.2f}× its peak memory" if peak else "", row.get("note")]))
         self.rows.append(row)
         self.save()
 
@@ -131,6 +137,8 @@ class Report:
             note = r.get("note", "")
             if r.get("first_call_s") is not None and "compile" in r["row"]:
                 note = f"first call {r['first_call_s']:.1f} s; " + note
+            if r.get("vs_library"):
+                note = f"{r['vs_library']:.2f}× the library row's steps/s (raw diffusers did not run); " + note
             if r.get("process_images_per_s"):
                 note = f"whole process {r['process_images_per_s']:.2f} images/s; " + note
             lines.append(f"| {r['model']} | {r['row']} | {r['how']} | {r.get('dtype', '')} | {r['images']} "

@@ -179,7 +179,7 @@ def library_row(b: Bench, kind: str, row: str, *, dtype: str = "auto", offload: 
     reset_peak()
     seeds = list(range(repeats or s.repeats[kind]))
     seconds, images = timed(lambda: [call(seed) for seed in seeds])
-    if (size, steps) == (s.size[kind], s.steps[kind]) and offload == "none" and not compile_:
+    if (size, steps) == (s.size[kind], s.steps[kind]):
         notes.append(compare_raw(b, kind, seeds, images))
     result = measures(kind, row, "in-process", images=len(seeds), steps=steps, size=size, seconds=seconds,
                       dtype=model.dtype, load_s=round(load_s, 3), first_call_s=round(first_s, 3),
@@ -265,7 +265,7 @@ def run_diffrun(b: Bench, args: list[str], name: str) -> tuple[float, subprocess
     peak_file = b.work / f"peak-{name}.json"
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", PROBE, str(peak_file), *args], capture_output=True, text=True,
-                          cwd=ROOT, env=child_env(b), timeout=600)
+                          cwd=ROOT, env=child_env(b), timeout=300)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -168,8 +168,8 @@ def _components(kind: str, scale: str, seed: int) -> dict[str, Any]:
 def build_pipeline(kind: str, scale: str = "full", seed: int = 0, device: str = "cpu") -> Any:
     """A StableDiffusionPipeline (sd15) or StableDiffusionXLPipeline (sdxl) with random weights.
 
-    The weights are initialised on `device` (a GPU builds a full-size SDXL in seconds, a CPU in a
-    minute); the same seed gives the same weights on the same kind of device.
+    The weights are initialised on `device` (on a GPU the random initialisation of billions of
+    parameters runs there, not on the CPU); the same seed gives the same weights on the same kind of device.
     """
     import torch
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", choices=KINDS, default="sd15")
     parser.add_argument("--scale", choices=SCALES, default="full")
     parser.add_argument("--dtype", choices=DTYPES, default="fp16", help="dtype of the saved weights")
-    parser.add_argument("--device", default="cpu", help="where the weights are initialised (cuda is much faster)")
+    parser.add_argument("--device", default="cpu", help="where the weights are initialised: cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count", action="store_true", help="print parameter counts of the configs and exit")
     parser.add_argument("--lora", type=Path, metavar="FILE", help="write a random LoRA for DIRECTORY's UNet")

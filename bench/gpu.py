@@ -171,7 +171,8 @@ def run_tests(b: Bench) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-smoke", action="store_true", help="shrunk models on CPU, 64x64, 2 steps")
-    parser.add_argument("--out", type=Path, default=None, help="where gpu.json and gpu.md go [default: $OUT]")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where gpu.json and gpu.md go [default: $OUT, else ./bench-gpu-out]")
     parser.add_argument("--work", type=Path, default=None, help="model and output folder, kept and reused "
                                                                  "[default: a temporary folder, removed]")
     parser.add_argument("--models", type=lambda t: t.split(","), default=["sd15", "sdxl"], help="sd15,sdxl")

@@ -200,7 +200,8 @@ def save_model(directory: Path | str, kind: str, scale: str = "full", dtype: str
     pipe.to(dtype={"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
     if device != "cpu":
         pipe.to("cpu")  # saved from host memory, and the GPU is left free for what runs next
-        torch.cuda.empty_cache()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
     path.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(path, safe_serialization=True)
     return path

@@ -64,7 +64,8 @@ def test_retry_after_past_the_deadline_fails_fast_without_sleeping(server):
     url = server.add("/limited", BODY, faults=[429], retry_after="3600")
     policy = FetchPolicy(timeout=2.0, deadline=3.0, retries=3, backoff=0.001, max_retry_after=3600)
     err = fails(url, policy)
-    assert "deadline of 3 s exceeded" in err.reason
+    assert err.reason == "HTTP 429 Too Many Requests: Retry-After 3600 s is past the 3 s deadline"
+    assert err.code == "deadline"
     assert server.count("/limited") == 1
 
 
@@ -123,14 +124,16 @@ def test_slow_first_response_times_out_then_succeeds(server):
 def test_always_slow_times_out(server):
     url = server.add("/slow", BODY, always="slow", slow=1.0)
     err = fails(url, FetchPolicy(timeout=0.2, deadline=10.0, retries=1, backoff=0.001))
-    assert err.reason == "timed out after 2 attempts"
+    assert err.reason.startswith("timed out after 2 attempts in ")
+    assert err.code == "timeout"
     assert server.count("/slow") == 2
 
 
 def test_deadline_exceeded(server):
     url = server.add("/slow", BODY, always="slow", slow=1.0)
     err = fails(url, FetchPolicy(timeout=5.0, deadline=0.4, retries=5, backoff=0.001))
-    assert err.reason == "deadline of 0.4 s exceeded"
+    assert err.reason == "deadline of 0.4 s exceeded waiting for the response"
+    assert err.code == "deadline"
     assert server.count("/slow") == 1
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from diffrun.errors import UsageError
+from diffrun.loaders.guard import allow_host_patterns
 from diffrun.loaders.policy import DEFAULT_MAX_PIXELS, FetchPolicy
 from diffrun.units import parse_duration, parse_size
 
@@ -83,7 +84,7 @@ def fetch_policy(
         max_bytes=parse_size(max_input_bytes),
         max_pixels=max_pixels,
         background=parse_color(background),
-        allow_hosts=tuple(h.strip().lower() for h in allow_host or () if h.strip()),
+        allow_hosts=allow_host_patterns(allow_host or ()),
         block_private=block_private,
     )
 

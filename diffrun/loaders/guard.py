@@ -18,10 +18,8 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
-
-from urllib3.exceptions import LocationParseError
-from urllib3.util import parse_url
 
 from diffrun.errors import InputError, UsageError
 from diffrun.loaders.policy import FetchPolicy
@@ -58,8 +56,8 @@ def check_authority(url: str, display: str) -> None:
         return
     what = "a backslash" if bad.group() == "\\" else "whitespace or a control character"
     try:
-        real = parse_url(url).host
-    except (LocationParseError, ValueError):
+        real = _parse_url(url).host
+    except ValueError:  # urllib3's LocationParseError is a ValueError
         real = None
     shown = urlsplit_host(url)
     if real and shown and _norm(real) != _norm(shown):
@@ -193,8 +191,8 @@ def urlsplit_host(url: str) -> str | None:
 def _connection_host(url: str, prepared: str, display: str) -> tuple[str, int]:
     """urllib3's host and port for `prepared`; refused when urlsplit reads `url`'s host otherwise."""
     try:
-        parts = parse_url(prepared)
-    except (LocationParseError, ValueError) as err:
+        parts = _parse_url(prepared)
+    except ValueError as err:  # urllib3's LocationParseError is a ValueError
         raise InputError(display, f"not a valid URL: {err}", code="invalid_url") from err
     if not parts.host:
         raise InputError(display, "the URL has no host", code="invalid_url")
@@ -209,6 +207,13 @@ def _connection_host(url: str, prepared: str, display: str) -> tuple[str, int]:
             code="invalid_url",
         )
     return host, port
+
+
+def _parse_url(url: str) -> Any:
+    """urllib3's parse_url, imported here so that the CLI's option parsing does not load urllib3."""
+    from urllib3.util import parse_url
+
+    return parse_url(url)
 
 
 def _split_pattern(text: str) -> tuple[str | None, int | None]:

@@ -364,7 +364,11 @@ def _get(url: str, policy: FetchPolicy, call: _Call, shown: str) -> requests.Res
         raise _DeadlineExceeded("before the request")
     timeout = call.timeout()
     try:
-        return session(policy).get(url, stream=True, allow_redirects=False, timeout=(timeout, timeout))
+        resp = session(policy).get(url, stream=True, allow_redirects=False, timeout=(timeout, timeout))
+        if call.fired:  # headers cut off by the watchdog end like complete ones in http.client
+            resp.close()
+            raise _DeadlineExceeded("waiting for the response")
+        return resp
     except (rex.ConnectTimeout, rex.ReadTimeout) as err:
         if call.expired():
             raise _DeadlineExceeded("waiting for the response") from err

@@ -20,7 +20,7 @@ always (`always`). A fault is an HTTP status (503, 429, ...) or one of:
     server.count("/x.png"), server.connections, server.log[-1].headers["User-Agent"]
 
 `server` is a pytest fixture (one server per session, reset for every test); bench scripts use
-`LoopbackServer` directly.
+`LoopbackServer` directly. `LoopbackServer(tls=context)` serves https with that SSL context.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import contextlib
 import gzip as gzip_module
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -208,8 +209,12 @@ class _Server(ThreadingHTTPServer):
 class LoopbackServer:
     """The server, its routes and its counters. `start()`/`stop()`, or use it as a context manager."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None) -> None:
         self._httpd = _Server((host, port), _Handler)
+        self.scheme = "http"
+        if tls is not None:  # https: the handshake runs as each connection is accepted
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self._httpd.owner = self
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -227,7 +232,7 @@ class LoopbackServer:
     @property
     def base_url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self.scheme}://{host}:{port}"
 
     @property
     def port(self) -> int:

@@ -10,6 +10,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from clirun import diffrun
 
 from diffrun import __version__
 from diffrun.errors import Exit, InputError
@@ -377,6 +378,16 @@ def test_backoff_past_the_deadline_says_what_failed(unused_port_url):
     assert err.code == "deadline"
     assert err.reason.startswith("no time left for another attempt within the 1 s deadline (1 attempt; last: ")
     assert "refused" in err.reason.lower()
+
+
+@pytest.mark.timeout(120)
+def test_cli_deadline_against_a_trickling_body(server):
+    url = server.add("/drip.png", b"x" * 200, always="trickle_body", trickle=0.3)
+    result = diffrun("inspect", url, "--deadline", "2", "--timeout", "1", timeout=60)
+    assert result.returncode == Exit.INPUT
+    lines = result.stderr.decode().splitlines()
+    assert f"error: {url}: deadline of 2 s exceeded reading the body" in lines[0]
+    assert result.stdout == b""
 
 
 # --- HTTP parts of issue 10, item 17 ------------------------------------------------------------------

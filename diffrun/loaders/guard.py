@@ -263,7 +263,7 @@ def _bracket(host: str) -> str:
 
 
 def _clean(text: str) -> str:
-    return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in text)[:100]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:100]
 
 
 def _literal(host: str) -> IPAddress | None:

@@ -40,7 +40,7 @@ Background = Annotated[str, typer.Option(
     help="Colour transparent pixels are composited onto (name or #rrggbb).")]
 AllowHost = Annotated[list[str] | None, typer.Option(
     "--allow-host", envvar="DIFFRUN_ALLOW_HOST", rich_help_panel=LOADER,
-    help="Only fetch from this host (repeatable; *.example.com for subdomains).")]
+    help="Only fetch from this host, or HOST:PORT for one port (repeatable; *.example.com for subdomains).")]
 BlockPrivate = Annotated[bool, typer.Option(
     "--block-private", envvar="DIFFRUN_BLOCK_PRIVATE", rich_help_panel=LOADER,
     help="Refuse loopback, private, link-local and reserved addresses, on every redirect.")]

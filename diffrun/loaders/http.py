@@ -4,12 +4,9 @@ The only module in diffrun that knows `requests` exists. Every failure becomes a
 a reason a person understands and a stable `code` (http_status, timeout, deadline, blocked,
 connection, too_large, redirect, invalid_url, truncated, protocol); partial bodies are never returned.
 
-Attempts are counted per input: `1 + policy.retries` in all, shared between what urllib3 retries
-(connection errors, timeouts, retryable statuses) and what this module retries itself (a body that
-breaks off while streaming). The shared count and the deadline live in the input's `_Call`, a
-`Deadline` in a context variable that the Retry subclass and the connection classes read, because
-requests offers no per-call retry settings. The deadline bounds the whole input whatever the peer
-does: timeouts shrink to the time left and a watchdog shuts the socket down when it passes.
+Attempts are counted per input and shared with urllib3's retries (`loaders/retries.py`). The
+deadline bounds the whole input whatever the peer does: timeouts shrink to the time left and a
+watchdog shuts the socket down when it passes (`loaders/deadline.py`).
 
 With the network guard on (`--allow-host`, `--block-private`) fetches go through a second session:
 no proxies or netrc from the environment, and connections pinned to the addresses the guard checked.
@@ -18,12 +15,9 @@ no proxies or netrc from the environment, and connections pinned to the addresse
 from __future__ import annotations
 
 import os
-import random
 import threading
-import time
 import urllib.request
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
 
@@ -41,20 +35,23 @@ from diffrun.loaders.guard import check_authority, check_url, guard_on
 from diffrun.loaders.neterrors import broken_reason, cause, find, timed_out, violation
 from diffrun.loaders.policy import FetchPolicy
 from diffrun.loaders.redact import display_ref
+from diffrun.loaders.retries import (
+    RETRY_STATUSES,
+    Call,
+    DeadlineExceeded,
+    Violation,
+    attempts,
+    backoff_delay,
+    make_retry,
+    status_text,
+)
 from diffrun.units import format_size
 
 CHUNK_SIZE = 256 * 1024
 POOL_SIZE = 16
 USER_AGENT = f"diffrun/{__version__}"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-RETRY_STATUSES = frozenset({
-    408,  # Request Timeout: the server gave up waiting for us; a new attempt usually works
-    429,  # Too Many Requests: rate limited; Retry-After says when to come back
-    500,  # Internal Server Error: often transient on CDNs and object stores
-    502,  # Bad Gateway: a proxy or CDN could not reach the origin
-    503,  # Service Unavailable: overloaded or restarting; may send Retry-After
-    504,  # Gateway Timeout: the origin was too slow for the proxy in front of it
-})
+__all__ = ["RETRY_STATUSES", "Fetched", "backoff_delay", "fetch", "make_retry", "session"]
 _DRAIN_LIMIT = 64 * 1024  # redirect bodies up to this size are read so the connection is reused
 
 
@@ -65,18 +62,6 @@ class Fetched:
     content_type: str | None
 
 
-class _DeadlineExceeded(Exception):
-    """Raised (also from inside urllib3's retry loop) when the deadline passed or waiting would pass it.
-
-    `detail` says what was going on ("waiting for the response"); `reason` replaces the whole text.
-    """
-
-    def __init__(self, detail: str = "", *, reason: str | None = None) -> None:
-        super().__init__(reason or detail)
-        self.detail = detail
-        self.reason = reason
-
-
 class _BodyBroken(Exception):
     """The response body broke off while streaming: retried in the same attempt budget."""
 
@@ -84,131 +69,6 @@ class _BodyBroken(Exception):
         super().__init__(reason)
         self.reason = reason
         self.code = code
-
-
-class _Violation(Exception):
-    """The server broke HTTP/1.1's limits: never retried."""
-
-
-class _Call(dl.Deadline):
-    """Per-input state shared with the Retry: the deadline, and the attempts that failed so far."""
-
-    def __init__(self, policy: FetchPolicy) -> None:
-        super().__init__(policy.deadline)
-        self.policy = policy
-        self.failures = 0
-
-    def timeout(self) -> float:
-        """The connect/read timeout, shortened so that one wait cannot run past the deadline."""
-        return self.clamp(self.policy.timeout)
-
-    def wait(self, seconds: float, last: str | None = None) -> None:
-        """Sleep before the next attempt, unless that attempt would start past the deadline."""
-        if self.expired():
-            raise _DeadlineExceeded("waiting for the response")
-        if self.ends is not None and time.monotonic() + seconds >= self.ends - dl.MARGIN:
-            tail = f"; last: {last}" if last else ""
-            raise _DeadlineExceeded(reason=f"no time left for another attempt within the {self.seconds:g} s "
-                                           f"deadline ({_attempts(self)}{tail})")
-        if seconds > 0:
-            time.sleep(seconds)
-
-
-def _current() -> _Call | None:
-    call = dl.CURRENT.get()
-    return call if isinstance(call, _Call) else None
-
-
-def backoff_delay(factor: float, jitter: float, cap: float, failures: int) -> float:
-    """Exponential backoff with jitter after `failures` failed attempts: factor * 2**(n-1) + U(0, jitter)."""
-    if failures < 1 or factor <= 0:
-        return 0.0
-    return min(cap, factor * 2 ** (failures - 1) + random.random() * jitter)
-
-
-class _Retry(Retry):
-    """urllib3 Retry that caps Retry-After, and inside `fetch` shares its count and deadline."""
-
-    # urllib3 also retries 413 when it carries Retry-After; a 4xx outside RETRY_STATUSES never is.
-    RETRY_AFTER_STATUS_CODES = RETRY_STATUSES & Retry.RETRY_AFTER_STATUS_CODES
-
-    def __init__(self, *args: Any, max_retry_after: float = 30.0, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.max_retry_after = max_retry_after
-
-    def new(self, **kw: Any) -> _Retry:
-        retry = super().new(**kw)
-        retry.max_retry_after = self.max_retry_after
-        return retry
-
-    def parse_retry_after(self, retry_after: str) -> float:
-        return min(super().parse_retry_after(retry_after), self.max_retry_after)
-
-    def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
-                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> _Retry:
-        broken = violation(error)
-        if broken is not None:
-            raise _Violation(broken) from error
-        call = _current()
-        if call is not None:
-            call.failures += 1
-        return super().increment(method, url, response, error, _pool, _stacktrace)
-
-    def is_exhausted(self) -> bool:
-        call = _current()
-        if call is not None and call.failures > call.policy.retries:
-            return True
-        return super().is_exhausted()
-
-    def get_backoff_time(self) -> float:
-        call = _current()
-        failures = call.failures if call is not None else len(self.history)
-        return backoff_delay(self.backoff_factor, self.backoff_jitter, self.backoff_max, failures)
-
-    def sleep(self, response: Any = None) -> None:
-        asked = None
-        if response is not None and self.respect_retry_after_header:
-            header = response.headers.get("Retry-After")
-            try:
-                asked = Retry.parse_retry_after(self, header) if header else None
-            except uex.InvalidHeader:
-                asked = None
-        wait = min(asked, self.max_retry_after) if asked else self.get_backoff_time()
-        call = _current()
-        if call is None:
-            if wait > 0:
-                time.sleep(wait)
-            return
-        left = call.left()
-        if asked and left is not None and wait >= left - dl.MARGIN:
-            capped = f" (capped at {self.max_retry_after:g} s)" if asked > self.max_retry_after else ""
-            raise _DeadlineExceeded(reason=f"{_status_text(response.status, response.reason)}: Retry-After "
-                                           f"{asked:g} s{capped} is past the {call.seconds:g} s deadline")
-        call.wait(wait, last=self._last_failure())
-
-    def _last_failure(self) -> str | None:
-        if not self.history:
-            return None
-        last = self.history[-1]
-        if last.status:
-            return _status_text(last.status, None)
-        return cause(last.error) if last.error is not None else None
-
-
-def make_retry(policy: FetchPolicy) -> Retry:
-    """The one place that decides what urllib3 retries, and how long it waits in between."""
-    return _Retry(
-        total=policy.retries,
-        status_forcelist=RETRY_STATUSES,  # other 4xx are the caller's mistake: never retried
-        allowed_methods=frozenset({"GET"}),
-        backoff_factor=policy.backoff,
-        backoff_jitter=policy.backoff,
-        backoff_max=Retry.DEFAULT_BACKOFF_MAX,
-        respect_retry_after_header=True,
-        max_retry_after=policy.max_retry_after,
-        raise_on_status=False,  # hand back the last response; fetch() raises its own error
-        raise_on_redirect=False,
-    )
 
 
 class _Adapter(HTTPAdapter):
@@ -285,7 +145,7 @@ def _no_proxies_or_netrc() -> bool:
 def fetch(url: str, policy: FetchPolicy, *, display: str | None = None) -> Fetched:
     """GET `url` into memory under `policy`; raise InputError(display, reason) on any failure."""
     shown = display if display is not None else display_ref(url)
-    call = _Call(policy)
+    call = Call(policy)
     token = dl.CURRENT.set(call)
     call.start()
     try:
@@ -295,20 +155,20 @@ def fetch(url: str, policy: FetchPolicy, *, display: str | None = None) -> Fetch
             except _BodyBroken as broken:
                 call.failures += 1
                 if call.failures > policy.retries:
-                    raise InputError(shown, f"{broken.reason} ({_attempts(call)})", code=broken.code) from broken
+                    raise InputError(shown, f"{broken.reason} ({attempts(call)})", code=broken.code) from broken
                 delay = backoff_delay(policy.backoff, policy.backoff, Retry.DEFAULT_BACKOFF_MAX, call.failures)
                 call.wait(delay, last=broken.reason)
-    except _DeadlineExceeded as err:
+    except DeadlineExceeded as err:
         reason = err.reason or f"deadline of {policy.deadline:g} s exceeded {err.detail}".rstrip()
         raise InputError(shown, reason, code="deadline", hint="raise --deadline (0: none)") from err
-    except _Violation as err:
+    except Violation as err:
         raise InputError(shown, str(err), code="protocol") from err
     finally:
         call.finish()
         dl.CURRENT.reset(token)
 
 
-def _follow(url: str, policy: FetchPolicy, call: _Call, shown: str) -> Fetched:
+def _follow(url: str, policy: FetchPolicy, call: Call, shown: str) -> Fetched:
     """One attempt: request, follow redirects by hand (guard on every hop), read the body."""
     _check_scheme(url, shown, "only http(s) URLs can be fetched", "invalid_url")
     seen = {url}
@@ -337,7 +197,7 @@ def _follow(url: str, policy: FetchPolicy, call: _Call, shown: str) -> Fetched:
             resp.close()
 
 
-def _request(url: str, policy: FetchPolicy, call: _Call, shown: str) -> tuple[requests.Response, str]:
+def _request(url: str, policy: FetchPolicy, call: Call, shown: str) -> tuple[requests.Response, str]:
     """Check one hop (guard: on the URL as it will be sent, pinned to the checked addresses) and GET it."""
     check_authority(url, shown)
     if not guard_on(policy):
@@ -358,39 +218,39 @@ def _prepare(url: str, shown: str) -> str:
         raise InputError(shown, f"not a valid URL: {cause(err)}", code="invalid_url") from err
 
 
-def _get(url: str, policy: FetchPolicy, call: _Call, shown: str) -> requests.Response:
+def _get(url: str, policy: FetchPolicy, call: Call, shown: str) -> requests.Response:
     """One GET through the pooled session (urllib3 retries inside); exceptions become InputError."""
     if call.expired():
-        raise _DeadlineExceeded("before the request")
+        raise DeadlineExceeded("before the request")
     timeout = call.timeout()
     try:
         resp = session(policy).get(url, stream=True, allow_redirects=False, timeout=(timeout, timeout))
         if call.fired:  # headers cut off by the watchdog end like complete ones in http.client
             resp.close()
-            raise _DeadlineExceeded("waiting for the response")
+            raise DeadlineExceeded("waiting for the response")
         return resp
     except (rex.ConnectTimeout, rex.ReadTimeout) as err:
         if call.expired():
-            raise _DeadlineExceeded("waiting for the response") from err
-        raise InputError(shown, f"timed out after {_attempts(call)}", code="timeout") from err
+            raise DeadlineExceeded("waiting for the response") from err
+        raise InputError(shown, f"timed out after {attempts(call)}", code="timeout") from err
     except rex.SSLError as err:
-        raise InputError(shown, f"TLS error after {_attempts(call)}: {cause(err)}", code="connection") from err
+        raise InputError(shown, f"TLS error after {attempts(call)}: {cause(err)}", code="connection") from err
     except rex.RetryError as err:
-        raise InputError(shown, f"gave up after {_attempts(call)}: {cause(err)}", code="connection") from err
+        raise InputError(shown, f"gave up after {attempts(call)}: {cause(err)}", code="connection") from err
     except (rex.InvalidURL, rex.MissingSchema, rex.InvalidSchema, rex.URLRequired) as err:
         raise InputError(shown, f"not a valid URL: {cause(err)}", code="invalid_url") from err
     except rex.ConnectionError as err:
         if call.expired():
-            raise _DeadlineExceeded("waiting for the response") from err
+            raise DeadlineExceeded("waiting for the response") from err
         if timed_out(err):
-            raise InputError(shown, f"timed out after {_attempts(call)}", code="timeout") from err
-        raise InputError(shown, f"connection failed after {_attempts(call)}: {cause(err)}",
+            raise InputError(shown, f"timed out after {attempts(call)}", code="timeout") from err
+        raise InputError(shown, f"connection failed after {attempts(call)}: {cause(err)}",
                          code="connection") from err
     except (rex.RequestException, uex.HTTPError) as err:
         raise InputError(shown, f"request failed: {cause(err)}", code="connection") from err
 
 
-def _read_body(resp: requests.Response, policy: FetchPolicy, call: _Call, shown: str) -> bytes:
+def _read_body(resp: requests.Response, policy: FetchPolicy, call: Call, shown: str) -> bytes:
     """Stream the (decoded) body under the byte cap and the deadline; never return partial bytes."""
     limit = format_size(policy.max_bytes)
     length = _content_length(resp)
@@ -408,20 +268,20 @@ def _read_body(resp: requests.Response, policy: FetchPolicy, call: _Call, shown:
                                  hint="raise --max-input-bytes", code="too_large")
             chunks.append(chunk)
             if call.expired():
-                raise _DeadlineExceeded(_body_progress(resp, length))
+                raise DeadlineExceeded(_body_progress(resp, length))
     except rex.ContentDecodingError as err:
         encoding = resp.headers.get("Content-Encoding", "compressed")
         raise InputError(shown, f"could not decode the {encoding} body: {cause(err)}", code="protocol") from err
     except (rex.ChunkedEncodingError, rex.ConnectionError, uex.ProtocolError, uex.ReadTimeoutError) as err:
         if call.expired():
-            raise _DeadlineExceeded(_body_progress(resp, length)) from err
+            raise DeadlineExceeded(_body_progress(resp, length)) from err
         broken = violation(err)
         if broken is not None:
-            raise _Violation(broken) from err
+            raise Violation(broken) from err
         code = "timeout" if timed_out(err) and not find(err, (uex.IncompleteRead,)) else "truncated"
         raise _BodyBroken(broken_reason(err, resp.raw.tell(), length), code) from err
     if call.fired:  # the watchdog ended a body that had no length: what arrived is not all of it
-        raise _DeadlineExceeded(_body_progress(resp, length))
+        raise DeadlineExceeded(_body_progress(resp, length))
     return b"".join(chunks)
 
 
@@ -430,18 +290,10 @@ def _body_progress(resp: requests.Response, length: int | None) -> str:
     return f"reading the body ({resp.raw.tell()}{of} bytes)"
 
 
-def _status_text(status: int, reason: str | None) -> str:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = reason or "error"
-    return f"HTTP {status} {phrase}"
-
-
-def _status_error(status: int, reason: str | None, call: _Call, shown: str) -> InputError:
-    text = _status_text(status, reason)
+def _status_error(status: int, reason: str | None, call: Call, shown: str) -> InputError:
+    text = status_text(status, reason)
     if status in RETRY_STATUSES and call.failures > 0:
-        text += f" after {_attempts(call)}"
+        text += f" after {attempts(call)}"
     hint = None
     if status in (401, 403):
         hint = "the server refused access: check the URL and any credentials or signature in it"
@@ -481,9 +333,3 @@ def _check_scheme(url: str, shown: str, reason: str, code: str) -> None:
         raise InputError(shown, f"not a valid URL: {err}", code="invalid_url") from err
     if scheme not in ("http", "https"):
         raise InputError(shown, reason, code=code)
-
-
-def _attempts(call: _Call) -> str:
-    """'1 attempt', or '4 attempts in 5.2 s': how hard it tried, and for how long."""
-    n = max(call.failures, 1)
-    return "1 attempt" if n == 1 else f"{n} attempts in {call.elapsed():.1f} s"

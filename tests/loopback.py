@@ -7,6 +7,12 @@ always (`always`). A fault is an HTTP status (503, 429, ...) or one of:
 - "truncate": send the full Content-Length but only half the body, then close
 - "break":    send half the body, then reset the connection (fails mid-body)
 - "slow":     wait `slow` seconds before answering (longer than the client's read timeout)
+- "silent":   read the request, then never answer (until the client or the server goes away)
+- "trickle_status", "trickle_headers", "trickle_body": send the response one byte every `trickle`
+              seconds, from the status line, the headers or the body on (what comes before, at once)
+- "trickle_unsized": as "trickle_body", without Content-Length (the body ends when the connection does)
+- "many_headers": answer with 150 headers (http.client accepts at most 100)
+- "long_header":  answer with one 70 KB header line (http.client accepts at most 64 KB)
 
     server.add("/x.png", body=png, content_type="image/png", faults=[503, 503])
     server.add("/limited", body=png, faults=[429], retry_after="3600")
@@ -14,14 +20,16 @@ always (`always`). A fault is an HTTP status (503, 429, ...) or one of:
     server.count("/x.png"), server.connections, server.log[-1].headers["User-Agent"]
 
 `server` is a pytest fixture (one server per session, reset for every test); bench scripts use
-`LoopbackServer` directly.
+`LoopbackServer` directly. `LoopbackServer(tls=context)` serves https with that SSL context.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip as gzip_module
+import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -32,7 +40,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 Fault = int | str
-FAULTS = ("reset", "truncate", "break", "slow")
+FAULTS = ("reset", "truncate", "break", "slow", "silent", "trickle_status", "trickle_headers", "trickle_body",
+          "trickle_unsized", "many_headers", "long_header")
 
 
 @dataclass
@@ -48,6 +57,8 @@ class Route:
     endless: bool = False
     content_length: int | None = None
     """Announce this Content-Length instead of the body's (e.g. a huge one)."""
+    trickle: float = 0.3
+    """Seconds between bytes for the trickle faults."""
 
 
 @dataclass
@@ -96,6 +107,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault == "slow":
             time.sleep(route.slow)
             self._send_route(route)
+        elif fault == "silent":
+            self._stay_silent()
+        elif isinstance(fault, str) and fault.startswith("trickle_"):
+            self._trickle(route, fault)
+        elif fault in ("many_headers", "long_header"):
+            extra = {f"X-Filler-{i}": "x" for i in range(150)} if fault == "many_headers" else {"X-Long": "x" * 70_000}
+            self._send(route.status, route.body, route.content_type or "application/octet-stream", extra)
         elif isinstance(fault, int):
             extra = {"Retry-After": route.retry_after} if route.retry_after else {}
             self._send(fault, f"fault {fault}".encode(), "text/plain", extra)
@@ -123,6 +141,32 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body[:length])
         if length > len(body):  # an announced length the body does not have: close early
             self.close_connection = True
+
+    def _stay_silent(self) -> None:
+        """Answer nothing; return once the client closes (or resets) the connection, or the server stops."""
+        self.close_connection = True
+        owner = self.server.owner
+        while not owner._stopping.is_set():
+            readable, _, _ = select.select([self.connection], [], [], 0.1)
+            if readable and not self.connection.recv(1024):
+                return
+
+    def _trickle(self, route: Route, fault: str) -> None:
+        """The whole response, one byte every `route.trickle` s from the chosen part on."""
+        self.close_connection = True
+        head = f"HTTP/1.1 {route.status} OK\r\n".encode()
+        length = "" if fault == "trickle_unsized" else f"Content-Length: {len(route.body)}\r\n"
+        headers = f"Content-Type: {route.content_type}\r\n{length}Connection: close\r\n\r\n".encode()
+        whole = head + headers + route.body
+        start = len(head) + len(headers)
+        if fault in ("trickle_status", "trickle_headers"):
+            start = 0 if fault == "trickle_status" else len(head)
+        self.wfile.write(whole[:start])
+        owner = self.server.owner
+        for i in range(start, len(whole)):
+            if owner._stopping.wait(route.trickle):
+                return
+            self.wfile.write(whole[i:i + 1])
 
     def _send_endless(self, route: Route) -> None:
         self.send_response(route.status)
@@ -165,8 +209,12 @@ class _Server(ThreadingHTTPServer):
 class LoopbackServer:
     """The server, its routes and its counters. `start()`/`stop()`, or use it as a context manager."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tls: ssl.SSLContext | None = None) -> None:
         self._httpd = _Server((host, port), _Handler)
+        self.scheme = "http"
+        if tls is not None:  # https: the handshake runs as each connection is accepted
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self._httpd.owner = self
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -184,7 +232,7 @@ class LoopbackServer:
     @property
     def base_url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self.scheme}://{host}:{port}"
 
     @property
     def port(self) -> int:
@@ -227,6 +275,7 @@ class LoopbackServer:
         endless: bool = False,
         gzip: bool = False,
         content_length: int | None = None,
+        trickle: float = 0.3,
     ) -> str:
         """Register a route and return its full URL. `gzip=True` sends the body gzip-encoded."""
         for fault in (*faults, always):
@@ -237,7 +286,7 @@ class LoopbackServer:
             body = gzip_module.compress(body, compresslevel=6, mtime=0)
             headers["Content-Encoding"] = "gzip"
         route = Route(body, status, content_type, headers, list(faults), always, retry_after, slow, endless,
-                      content_length)
+                      content_length, trickle)
         with self._lock:
             self.routes[path] = route
         return self.url(path)

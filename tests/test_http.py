@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
+import threading
+import time
+from types import SimpleNamespace
 
 import pytest
+from clirun import diffrun
 
 from diffrun import __version__
 from diffrun.errors import Exit, InputError
@@ -44,6 +50,7 @@ def test_503_forever_gives_up_after_all_attempts(server):
     assert server.count("/down") == 1 + FAST.retries
     assert "HTTP 503 Service Unavailable" in err.reason
     assert "4 attempts" in err.reason
+    assert err.code == "http_status"
 
 
 def test_retries_zero_means_one_request(server):
@@ -64,7 +71,8 @@ def test_retry_after_past_the_deadline_fails_fast_without_sleeping(server):
     url = server.add("/limited", BODY, faults=[429], retry_after="3600")
     policy = FetchPolicy(timeout=2.0, deadline=3.0, retries=3, backoff=0.001, max_retry_after=3600)
     err = fails(url, policy)
-    assert "deadline of 3 s exceeded" in err.reason
+    assert err.reason == "HTTP 429 Too Many Requests: Retry-After 3600 s is past the 3 s deadline"
+    assert err.code == "deadline"
     assert server.count("/limited") == 1
 
 
@@ -79,12 +87,14 @@ def test_reset_forever_is_a_connection_failure(server):
     err = fails(url)
     assert server.count("/rst") == 4
     assert err.reason.startswith("connection failed after 4 attempts")
+    assert err.code == "connection"
 
 
 def test_connection_refused(unused_port_url):
     err = fails(unused_port_url, FetchPolicy(retries=1, backoff=0.001))
-    assert "connection failed after 2 attempts" in err.reason
+    assert re.match(r"connection failed after 2 attempts in \d+\.\d s: ", err.reason)  # how long it tried
     assert "refused" in err.reason.lower()
+    assert err.code == "connection"
 
 
 def test_short_body_is_retried(server):
@@ -98,6 +108,7 @@ def test_short_body_always_fails_without_partial_bytes(server):
     err = fails(url)
     assert server.count("/short") == 4
     assert f"body ended after {len(BODY) // 2} of {len(BODY)} bytes" in err.reason
+    assert err.code == "truncated"
 
 
 def test_break_mid_body_once_then_success(server):
@@ -123,14 +134,16 @@ def test_slow_first_response_times_out_then_succeeds(server):
 def test_always_slow_times_out(server):
     url = server.add("/slow", BODY, always="slow", slow=1.0)
     err = fails(url, FetchPolicy(timeout=0.2, deadline=10.0, retries=1, backoff=0.001))
-    assert err.reason == "timed out after 2 attempts"
+    assert err.reason.startswith("timed out after 2 attempts in ")
+    assert err.code == "timeout"
     assert server.count("/slow") == 2
 
 
 def test_deadline_exceeded(server):
     url = server.add("/slow", BODY, always="slow", slow=1.0)
     err = fails(url, FetchPolicy(timeout=5.0, deadline=0.4, retries=5, backoff=0.001))
-    assert err.reason == "deadline of 0.4 s exceeded"
+    assert err.reason == "deadline of 0.4 s exceeded waiting for the response"
+    assert err.code == "deadline"
     assert server.count("/slow") == 1
 
 
@@ -138,6 +151,8 @@ def test_endless_body_stops_at_the_byte_cap(server):
     url = server.add("/endless", endless=True)
     err = fails(url, FetchPolicy(max_bytes=1_000_000, retries=3, backoff=0.001))
     assert "larger than the 1.0 MB limit" in err.reason
+    assert err.code == "too_large"
+    assert err.hint == "raise --max-input-bytes"
     assert server.count("/endless") == 1
 
 
@@ -146,6 +161,7 @@ def test_content_length_over_the_cap_is_refused_without_reading(server):
     url = server.add("/huge", b"x" * 1000, content_length=10**12)
     err = fails(url, FetchPolicy(max_bytes=1_000_000, retries=3, backoff=0.001))
     assert err.reason == "larger than the 1.0 MB limit (Content-Length: 1000.0 GB)"
+    assert (err.code, err.hint) == ("too_large", "raise --max-input-bytes")
     assert server.count("/huge") == 1
 
 
@@ -154,6 +170,7 @@ def test_client_errors_are_not_retried(server, status, phrase):
     url = server.add("/nope", b"no", status=status)
     err = fails(url)
     assert err.reason == f"HTTP {status} {phrase}"
+    assert err.code == "http_status"
     assert server.count("/nope") == 1
 
 
@@ -186,6 +203,7 @@ def test_redirect_loop(server):
     server.redirect("/b", "/a")
     err = fails(server.url("/a"))
     assert err.reason == "redirect loop"
+    assert err.code == "redirect"
     assert server.count("/a") == 1
 
 
@@ -195,6 +213,7 @@ def test_too_many_redirects(server):
     server.add("/r10", BODY)
     err = fails(server.url("/r0"), FetchPolicy(max_redirects=5, backoff=0.001))
     assert err.reason == "too many redirects (more than 5)"
+    assert err.code == "redirect"
     assert server.count("/r6") == 0
     assert fetch(server.url("/r0"), FetchPolicy(max_redirects=10)).data == BODY
 
@@ -204,11 +223,13 @@ def test_redirect_to_non_http_is_refused(server, target):
     server.redirect("/evil", target)
     err = fails(server.url("/evil"))
     assert err.reason == "redirect to a non-http(s) URL refused"
+    assert err.code == "redirect"
 
 
 def test_non_http_url_is_refused():
     err = fails("ftp://127.0.0.1/x.png")
     assert "http" in err.reason
+    assert err.code == "invalid_url"
 
 
 def test_gzip_body_is_decoded(server):
@@ -266,6 +287,7 @@ def test_credentials_are_stripped_from_errors(server):
 def test_credentials_are_stripped_from_invalid_url_reasons(url):
     err = fails(url)
     assert err.reason.startswith("not a valid URL")
+    assert err.code == "invalid_url"
     assert "s3cret" not in str(err)
 
 
@@ -274,6 +296,121 @@ def test_display_overrides_the_reference(server):
     with pytest.raises(InputError) as info:
         fetch(server.url("/gone"), FAST, display="input #3")
     assert str(info.value) == "input #3: HTTP 404 Not Found"
+
+
+# --- the deadline holds whatever the server does (issue 10, item 7) ---------------------------------
+
+TRICKLE = FetchPolicy(timeout=1.0, deadline=2.0, retries=3, backoff=0.001)
+SLACK = 3.0
+"""Seconds past the deadline a trickled input may take to end: loose, so that it cannot flake; without
+the watchdog these inputs run for a minute or more (one byte every 0.3 s)."""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("fault", "phase"), [
+    ("trickle_status", "waiting for the response"),
+    ("trickle_headers", "waiting for the response"),
+    ("trickle_body", "reading the body"),
+])
+def test_deadline_holds_against_a_trickling_server(server, fault, phase):
+    url = server.add("/drip", b"x" * 200, always=fault, trickle=0.3)
+    start = time.monotonic()
+    err = fails(url, TRICKLE)
+    assert time.monotonic() - start < TRICKLE.deadline + SLACK
+    assert err.code == "deadline"
+    assert err.reason.startswith(f"deadline of 2 s exceeded {phase}")
+
+
+@pytest.mark.timeout(60)
+def test_deadline_ends_a_body_without_length_instead_of_returning_part_of_it(server):
+    # Without Content-Length the body ends when the connection does: the one the watchdog shut down
+    # (here before the first byte of the body, due after 3 s) must not pass for a complete, empty body.
+    url = server.add("/drip", b"x" * 200, always="trickle_unsized", trickle=3.0)
+    start = time.monotonic()
+    err = fails(url, TRICKLE)
+    assert time.monotonic() - start < TRICKLE.deadline + SLACK
+    assert err.code == "deadline"
+    assert "reading the body" in err.reason
+
+
+@pytest.mark.timeout(60)
+def test_silent_server_ends_at_the_deadline_not_after_two_timeouts(server):
+    # Each attempt's timeout is cut to the time left: urllib3's own retry no longer waits a whole
+    # --timeout again (that took 3.8 s here: two 1.9 s timeouts).
+    url = server.add("/mute", always="silent")
+    policy = FetchPolicy(timeout=1.9, deadline=2.0, retries=5, backoff=0.001)
+    start = time.monotonic()
+    err = fails(url, policy)
+    assert time.monotonic() - start < policy.deadline + 1.2
+    assert err.code == "deadline"
+
+
+def test_one_watchdog_thread_for_every_fetch(server):
+    url = server.add("/x", BODY)
+    for _ in range(20):
+        assert fetch(url, FAST).data == BODY
+    assert [t.name for t in threading.enumerate()].count("diffrun-deadline") == 1
+
+
+def test_watchdog_leaves_a_connection_another_input_took_over():
+    from diffrun.loaders import deadline as dl
+
+    first, second = dl.Deadline(60), dl.Deadline(60)
+    a, b = socket.socketpair()
+    with a, b:
+        conn = SimpleNamespace(sock=a)
+        first.claim(conn)
+        second.claim(conn)  # back in the pool, then on to another input
+        with dl._LOCK:
+            first._fire_locked()
+        b.sendall(b"ok")
+        assert a.recv(2) == b"ok"
+        with dl._LOCK:
+            second._fire_locked()
+        assert a.recv(2) == b""  # shut down: a blocked read returns at once
+    first.finish()
+    second.finish()
+
+
+def test_backoff_past_the_deadline_says_what_failed(unused_port_url):
+    policy = FetchPolicy(timeout=1.0, deadline=1.0, retries=5, backoff=5.0)
+    err = fails(unused_port_url, policy)
+    assert err.code == "deadline"
+    assert err.reason.startswith("no time left for another attempt within the 1 s deadline (1 attempt; last: ")
+    assert "refused" in err.reason.lower()
+
+
+@pytest.mark.timeout(120)
+def test_cli_deadline_against_a_trickling_body(server):
+    url = server.add("/drip.png", b"x" * 200, always="trickle_body", trickle=0.3)
+    result = diffrun("inspect", url, "--deadline", "2", "--timeout", "1", timeout=60)
+    assert result.returncode == Exit.INPUT
+    lines = result.stderr.decode().splitlines()
+    assert f"error: {url}: deadline of 2 s exceeded reading the body" in lines[0]
+    assert result.stdout == b""
+
+
+# --- HTTP parts of issue 10, item 17 ------------------------------------------------------------------
+
+
+def test_206_partial_content_is_not_a_success(server):
+    url = server.add("/part", BODY[:100], status=206)
+    err = fails(url)
+    assert err.reason == "HTTP 206 Partial Content: only part of the file was sent"
+    assert err.code == "http_status"
+    assert server.count("/part") == 1
+
+
+@pytest.mark.parametrize(("fault", "text"), [
+    ("many_headers", "got more than 100 headers"),
+    ("long_header", "got more than 65536 bytes when reading header line"),
+])
+def test_protocol_violations_are_not_retried(server, fault, text):
+    url = server.add("/bad", BODY, always=fault)
+    err = fails(url)
+    assert err.reason == f"protocol error: {text}"
+    assert err.code == "protocol"
+    assert server.count("/bad") == 1
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from diffrun.errors import UsageError
+from diffrun.loaders.guard import allow_host_patterns
 from diffrun.loaders.policy import DEFAULT_MAX_PIXELS, FetchPolicy
 from diffrun.units import parse_duration, parse_size
 
@@ -44,7 +45,7 @@ Background = Annotated[str, typer.Option(
     help="Colour transparent pixels are composited onto (name or #rrggbb).")]
 AllowHost = Annotated[list[str] | None, typer.Option(
     "--allow-host", envvar="DIFFRUN_ALLOW_HOST", metavar="HOST", rich_help_panel=LOADER,
-    help="Only fetch from this host (repeatable; *.example.com for subdomains).")]
+    help="Only fetch from this host, or HOST:PORT for one port (repeatable; *.example.com for subdomains).")]
 BlockPrivate = Annotated[bool, typer.Option(
     "--block-private", envvar="DIFFRUN_BLOCK_PRIVATE", metavar=FLAG, rich_help_panel=LOADER,
     help="Refuse loopback, private, link-local and reserved addresses, on every redirect.")]
@@ -131,7 +132,7 @@ def fetch_policy(
         max_bytes=parse_size(max_input_bytes),
         max_pixels=max_pixels,
         background=parse_color(background),
-        allow_hosts=tuple(h.strip().lower() for h in allow_host or () if h.strip()),
+        allow_hosts=allow_host_patterns(allow_host or ()),
         block_private=block_private,
     )
 

@@ -20,7 +20,9 @@ def strip_credentials(url: str) -> str:
         return url
     if parts.scheme.lower() not in ("http", "https", "file") or not parts.netloc:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
+    # The host part ends at a backslash for urllib3 (and browsers): in h:1\@x the host is h, not x.
+    authority, backslash, rest = parts.netloc.partition("\\")
+    netloc = authority.rsplit("@", 1)[-1] + backslash + rest
     query = _SECRET_QUERY_KEYS.sub(r"\1***", "?" + parts.query)[1:] if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 

@@ -38,12 +38,12 @@ def claim(config: BatchConfig, jobs: list[Job]) -> Iterator[None]:
     """Check --results, -o and --save-inputs, hold the results log, clean leftovers; release on exit."""
     started = time.time()
     log = Path(config.results)
+    check_writable(config.output_dir, "output folder")
     ResultsLog(log).check()
     check_writable(log.parent, "results log folder")
+    if config.save_inputs is not None:
+        check_writable(config.save_inputs, "--save-inputs folder")
     with LogLock(log):
-        check_writable(config.output_dir, "output folder")
-        if config.save_inputs is not None:
-            check_writable(config.save_inputs, "--save-inputs folder")
         for folder in output_folders(jobs, config.output_dir):
             clean_stale_temps(folder, older_than=started)
         yield

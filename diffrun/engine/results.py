@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from diffrun.errors import DiffrunError, UsageError
+from diffrun.errors import DiffrunError, DiskError, UsageError
 
 OK = "ok"
 FAILED = "failed"
@@ -31,13 +31,17 @@ STATUSES = (OK, FAILED, SKIPPED)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-def _open_error(path: Path, exc: OSError) -> DiffrunError:
+def _open_error(path: Path, exc: OSError, *, writing: bool = False) -> DiffrunError:
+    """A symbolic link is a usage error (exit 2); a log that cannot be written mid-run a DiskError (74)."""
     from diffrun.outputs.atomic import write_error
 
     if exc.errno == errno.ELOOP:
         return UsageError(f"results log {path} is a symbolic link; diffrun does not follow it",
                           hint="remove the link, or give --results another path", code="symlink")
-    return write_error(f"results log {path}", exc)
+    error = write_error(f"results log {path}", exc)
+    if writing and not isinstance(error, DiskError):
+        return DiskError(error.message, code="io")
+    return error
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -47,7 +51,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise _open_error(Path(path), exc) from None
+        if exc.errno == errno.ELOOP:
+            raise _open_error(Path(path), exc) from None
+        raise UsageError(f"cannot read results log {path}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as f:
         data = f.read()
     records = []
@@ -136,7 +142,7 @@ class ResultsLog:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 os.fsync(self._file)
             except OSError as exc:
-                raise _open_error(self.path, exc) from None
+                raise _open_error(self.path, exc, writing=True) from None
             self.lines_written += 1
 
     def close(self) -> None:

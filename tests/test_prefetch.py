@@ -1,4 +1,4 @@
-"""The prefetch pool: order kept, errors handed over, bounded depth, loads overlap the consumer."""
+"""The prefetch pool: completion order (or manifest order), errors handed over, bounded depth, overlap."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def test_order_kept_and_errors_delivered_in_place() -> None:
             raise ValueError("three")
         return n * n
 
-    got = list(Prefetcher(range(8), load, depth=3))
+    got = list(Prefetcher(range(8), load, depth=3, ordered=True))
     assert [item for item, _ in got] == list(range(8))
     assert [r for _, r in got if not isinstance(r, Exception)] == [0, 1, 4, 16, 25, 36, 49]
     assert isinstance(got[3][1], ValueError) and str(got[3][1]) == "three"
@@ -80,3 +80,45 @@ def test_stop_ends_iteration_and_close_starts_nothing_new() -> None:
     release.set()
     assert seen == [0]
     assert max(calls) <= 2  # nothing started beyond the depth window after close
+
+
+def test_a_slow_item_does_not_hold_back_the_ones_behind_it() -> None:
+    """Item 0 loads until the consumer has taken items 1..3; the window stays within depth meanwhile."""
+    release = threading.Event()
+    started: list[int] = []
+
+    def load(n: int) -> int:
+        started.append(n)
+        if n == 0:
+            assert release.wait(10), "item 0 was never released: the others waited behind it"
+        return n
+
+    prefetcher = Prefetcher(range(10), load, depth=4)
+    order = []
+    for item, result in prefetcher:
+        assert result == item
+        order.append(item)
+        if len(order) == 3:
+            for _ in range(20):  # however long the consumer dawdles: 3 taken + 4 in flight = 7 started
+                assert len(started) <= 7
+                threading.Event().wait(0.002)
+            release.set()
+    assert order[:3] == [1, 2, 3] and sorted(order) == list(range(10))
+    assert prefetcher.peak <= 4
+
+
+def test_ready_items_come_earliest_first() -> None:
+    """Of the items ready at once, the earliest in the list is handed out first."""
+    gate = threading.Event()
+
+    def load(n: int) -> int:
+        gate.wait(10)  # 0, 1, 2 finish together, in any order
+        return n
+
+    prefetcher = Prefetcher(range(3), load, depth=3)
+    gate.set()
+    for _ in range(5000):  # until all three are loaded and waiting
+        if len(prefetcher._ready) == 3:
+            break
+        threading.Event().wait(0.002)
+    assert [item for item, _ in prefetcher] == [0, 1, 2]

@@ -12,7 +12,7 @@ import typer
 
 from diffrun import __version__
 from diffrun.cli import console, options
-from diffrun.errors import DiffrunError, Exit
+from diffrun.errors import DiffrunError, Exit, StdoutClosed
 
 try:  # typer >= 0.29 carries its own click
     from typer import TyperException as CliError
@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         code = app(args=args, prog_name="diffrun", standalone_mode=False)
         if code == Exit.INTERRUPTED:  # typer turns a KeyboardInterrupt inside a command into this code
             console.error("interrupted")
+    except (StdoutClosed, BrokenPipeError):
+        # The reader of stdout went away (`| head`): stop quietly with the code a shell gives a process
+        # ended by SIGPIPE. Later writes to stdout (the final flush) go nowhere instead of failing again.
+        _stdout_to_devnull()
+        code = Exit.STDOUT_CLOSED
     except DiffrunError as exc:
         if console.State.debug:
             console.err.print_exception()
@@ -101,17 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, typer.Abort):
         console.error("interrupted")
         code = Exit.INTERRUPTED
-    except BrokenPipeError:
-        # The reader of stdout went away (`| head`): not an error of ours.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        code = Exit.OK
     except Exception as exc:  # the last line of defence: a bug, reported in one line unless --debug
         if console.State.debug:
             raise
         console.error(f"internal error: {type(exc).__name__}: {exc}", "run again with --debug for the traceback")
         code = Exit.INTERNAL
     return int(code or 0)
+
+
+def _stdout_to_devnull() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def entry() -> None:

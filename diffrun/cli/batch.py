@@ -51,8 +51,25 @@ def output_plan(output: str | None, results: Path | None) -> tuple[Path, str | N
         folder = Path(os.path.dirname(template.split("{", 1)[0]) or ".")
     else:
         folder = Path(text).expanduser().resolve()
-    log = results.expanduser().resolve() if results is not None else folder / "results.jsonl"
+    if results is None:
+        log = folder / "results.jsonl"
+    else:  # the folder resolved, the name kept: a symbolic link there is refused, not followed
+        log = results.expanduser().absolute()
+        log = log.parent.resolve() / log.name
     return folder, template, log
+
+
+def check_manifest_is_not_log(manifest: str, log: Path) -> None:
+    """`batch results.jsonl -o .` would append to the manifest it reads: refuse it (exit 2)."""
+    if manifest == "-":
+        return
+    try:
+        same = os.path.samefile(manifest, log)
+    except OSError:  # either is missing: they cannot be one file
+        return
+    if same:
+        raise UsageError(f"the results log {log} is the manifest {manifest}",
+                         hint="give the run another -o folder or --results file")
 
 
 def batch(
@@ -146,10 +163,13 @@ def batch(
 
     Each job ends as one line in the results log; the same command again skips the jobs already done.
 
-    Exit 0 all ok, 1 some failed, 2 bad manifest, 3 (--dry-run) some inputs failed, 130 interrupted.
+    Exit 0 all ok, 1 some failed, 2 bad manifest or an output folder that cannot be written, 3 (--dry-run)
+    some inputs failed, 74 disk full, 75 another run holds the results log, 130 interrupted, 141 stdout
+    closed.
     """
     from diffrun.engine import batch as engine
     from diffrun.engine.signals import StopRequested
+    from diffrun.errors import StdoutClosed
     from diffrun.manifest import load_manifest
     from diffrun.pipelines.reference import check_model_ref
 
@@ -158,6 +178,7 @@ def batch(
     if manifest_format not in ("auto", "jsonl", "csv"):
         raise UsageError(f"--manifest-format: {manifest_format!r} is not one of auto, jsonl, csv")
     folder, template, log_path = output_plan(output, results)
+    check_manifest_is_not_log(manifest, log_path)
     defaults = jo.job_from_options(
         prompt=prompt, negative_prompt=negative_prompt, image=image, mask=mask, input_=input_, param=param,
         seed=seed, steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames,
@@ -184,12 +205,17 @@ def batch(
         retry_failed=retry_failed, force=force, fail_fast=fail_fast,
     )
     check_model_ref(config.model.model, config.model.revision)  # before inputs, torch or Ray start
+    stdout_closed = False
     with StopRequested() as stop, _progress(show) as bar:
         task = bar.add_task("jobs", total=len(jobs), ok=0, failed=0, skipped=0, status="")
 
         def on_result(record: dict[str, Any]) -> None:
-            if json_out:
-                console.emit_json(record)
+            nonlocal stdout_closed
+            if json_out and not stdout_closed:
+                try:
+                    console.emit_json(record)
+                except StdoutClosed:  # `| head`: stop as Ctrl-C does; this record is already logged
+                    stdout_closed = True
             counts = {k: bar.tasks[0].fields[k] for k in ("ok", "failed", "skipped")}
             counts[record["status"]] += 1
             bar.update(task, advance=1, **counts)
@@ -197,7 +223,7 @@ def batch(
                 bar.console.print(f"[red]failed[/red] {escape(clean(record['id']))}: "
                                   f"{escape(clean(record['error']['message']))}", markup=True, highlight=False)
 
-        hooks = {"should_stop": lambda: stop.requested, "on_result": on_result,
+        hooks = {"should_stop": lambda: stop.requested or stdout_closed, "on_result": on_result,
                  "on_status": lambda text: bar.update(task, status=text)}
         if ray_options is None:
             summary = engine.run_batch(jobs, config, **hooks)
@@ -205,6 +231,8 @@ def batch(
             from diffrun.engine.ray_engine import run_ray_batch
 
             summary = run_ray_batch(jobs, config, ray_options, **hooks)
+    if stdout_closed:  # the reader went away: what ran is logged, the rest is left for a rerun
+        raise StdoutClosed("stdout closed")
     # The summary is a log of the run, not its result (that is the results log and --json): stderr.
     if not console.State.quiet:
         console.err.print(summary_table(summary))
@@ -212,7 +240,7 @@ def batch(
     if summary.failed_earlier:  # why a rerun that skipped everything still exits 1, even with -q
         console.error(*failed_earlier_note(summary.failed_earlier))
     if summary.interrupted:
-        raise Interrupted(f"interrupted: {summary.not_run} jobs not run", hint="run the same command again to resume")
+        raise Interrupted(f"interrupted: {_jobs(summary.not_run)} not run", hint="run the same command again to resume")
     if not summary.all_ok:
         raise typer.Exit(Exit.JOBS_FAILED)
 
@@ -304,10 +332,14 @@ def _dry_run(engine: Any, jobs: list[Job], policy: Any, log_path: Path, retry_fa
     would_run = sum(r["action"] == "run" for r in records)
     if not json_out:
         console.report(table)
-    console.info(f"{len(records)} jobs: {would_run} would run, {len(records) - would_run} would be skipped; "
+    console.info(f"{_jobs(len(records))}: {would_run} would run, {len(records) - would_run} would be skipped; "
                  f"{len(failed)} with inputs that fail")
     if failed:
         raise typer.Exit(Exit.INPUT)
+
+
+def _jobs(count: int) -> str:
+    return f"{count} job" if count == 1 else f"{count} jobs"
 
 
 def register(app: typer.Typer) -> None:

@@ -49,8 +49,13 @@ def clean(text: object, limit: int = MAX_TEXT) -> str:
 
 
 def report(renderable: Any) -> None:
-    """A report (table or text) on stdout."""
-    out.print(renderable)
+    """A report (table or text) on stdout; StdoutClosed when its reader has gone away."""
+    from diffrun.errors import StdoutClosed
+
+    try:
+        out.print(renderable)
+    except BrokenPipeError:
+        raise StdoutClosed("stdout closed") from None
 
 
 class State:
@@ -79,9 +84,17 @@ def error(message: str, hint: str | None = None) -> None:
 
 
 def emit_json(obj: Any) -> None:
-    """One JSON object on its own line on stdout, flushed at once (for pipes)."""
-    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    """One JSON object on its own line on stdout, flushed at once (for pipes).
+
+    Raises StdoutClosed when the reader has gone away (`| head -n 1`): a command stops as on Ctrl-C.
+    """
+    from diffrun.errors import StdoutClosed
+
+    try:
+        sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise StdoutClosed("stdout closed") from None
 
 
 def show_progress(force: bool = False) -> bool:

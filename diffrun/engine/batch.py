@@ -12,6 +12,11 @@ Decisions worth knowing:
 - Resume: a job whose last ok/failed line is `ok` with every output present is skipped; one recorded
   `failed` is skipped too unless `retry_failed`; `force` redoes all (and may overwrite). A skipped
   job gets a `skipped` line; a job skipped for an earlier failure still counts as failed (exit 1).
+- Jobs are taken as their inputs finish loading, not in manifest order, so a slow input holds one
+  prefetch slot, not the batch; the results log is in completion order.
+- Before any job (engine/storage.py): the log and folders are checked writable, the log is locked
+  against a second runner, stale temp files are cleared. A full disk (DiskError, from a write or
+  the log) stops the batch: the job that hit it gets no line (a rerun does it), nor do later writes.
 """
 
 from __future__ import annotations
@@ -25,10 +30,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diffrun.engine import jobrun
+from diffrun.engine import jobrun, storage
 from diffrun.engine.prefetch import Prefetcher
 from diffrun.engine.results import FAILED, OK, SKIPPED, ResultsLog, is_done, now_iso, read_records, settled
-from diffrun.errors import DiffrunError, OutputExistsError
+from diffrun.errors import DiffrunError, DiskError, OutputExistsError
 from diffrun.jobs import Job
 from diffrun.loaders import FetchPolicy
 
@@ -193,24 +198,30 @@ class BatchRunner:
     def run(self) -> Summary:
         start = time.perf_counter()
         try:
-            todo, skip = plan_resume(self.jobs, self.config.results, retry_failed=self.config.retry_failed,
-                                     force=self.config.force)
-            for job, previous in skip:
-                self.summary.skipped += 1
-                if previous["status"] == FAILED:
-                    self.summary.skipped_failed += 1
-                    self.summary.failed_earlier.append(job.id)
-                self._emit(_record(job, SKIPPED, previous=previous["status"], outputs=previous.get("outputs", []),
-                                   inputs=previous.get("inputs", {}), seed=previous.get("seed"),
-                                   seeds=previous.get("seeds", job.seeds)))
-            self._run(todo)
+            with storage.claim(self.config, self.jobs):  # exit 2 or 75 here, before any work
+                try:
+                    self._resume_and_run()
+                finally:
+                    self._log.close()
         finally:
-            self._log.close()
             self.summary.seconds["total"] = time.perf_counter() - start
         done = self.summary.ok + self.summary.failed + self.summary.skipped
         self.summary.not_run = self.summary.total - done
         self.summary.interrupted = self.should_stop() and self.summary.not_run > 0
         return self.summary
+
+    def _resume_and_run(self) -> None:
+        todo, skip = plan_resume(self.jobs, self.config.results, retry_failed=self.config.retry_failed,
+                                 force=self.config.force)
+        for job, previous in skip:
+            self.summary.skipped += 1
+            if previous["status"] == FAILED:
+                self.summary.skipped_failed += 1
+                self.summary.failed_earlier.append(job.id)
+            self._emit(_record(job, SKIPPED, previous=previous["status"], outputs=previous.get("outputs", []),
+                               inputs=previous.get("inputs", {}), seed=previous.get("seed"),
+                               seeds=previous.get("seeds", job.seeds)))
+        self._run(todo)
 
     def _load(self, job: Job) -> jobrun.JobInputs:
         return jobrun.load_job_inputs(job, self.config.policy, self.config.save_inputs)
@@ -356,7 +367,7 @@ class BatchRunner:
 
     def _step_callback(self) -> Callable[[int, int], None]:
         def on_step(step: int, total: int) -> None:
-            if self.should_stop():
+            if self.should_stop() or isinstance(self._write_error, DiskError):  # its outputs could not be written
                 raise _Abandon
             if self.on_step is not None:
                 self.on_step(step, total)
@@ -384,11 +395,15 @@ class BatchRunner:
             raise self._write_error
 
     def _write_now(self, item: _Ready, results: list[Any], timings: dict[str, float], batch: int) -> None:
+        if self._write_error is not None:  # the disk filled up (or the log broke): leave it for a rerun
+            return
         started = time.perf_counter()
         try:
             written = jobrun.write_job_outputs(item.job, self._ensure_model(), item.inputs, results, item.targets,
                                                quality=self.config.quality, overwrite=item.overwrite,
                                                sidecar=self.config.sidecar, fps=self.config.fps)
+        except DiskError:  # not this job's fault: the batch stops (exit 74), the job gets no line
+            raise
         except Exception as exc:  # a job that cannot be written fails alone
             self._fail(item.job, exc, item.inputs, timings)
             return
@@ -419,7 +434,7 @@ def dry_run(jobs: list[Job], policy: FetchPolicy, *, results: Path | None = None
     def load(job: Job) -> jobrun.JobInputs:
         return jobrun.load_job_inputs(job, policy)
 
-    with Prefetcher(jobs, load, max(prefetch, 1), should_stop=should_stop) as prefetcher:
+    with Prefetcher(jobs, load, max(prefetch, 1), should_stop=should_stop, ordered=True) as prefetcher:
         for job, loaded in prefetcher:
             record: dict[str, Any] = {"id": job.id, "action": "skip" if job.id in skipped else "run",
                                       "seeds": job.seeds, "output": job.output, "references": job.references()}

@@ -1,9 +1,12 @@
 """A bounded prefetch pool: load the next jobs' inputs while the caller runs the current one.
 
-`Prefetcher(items, load, depth)` yields `(item, result)` in the order of `items`, where `result` is
-what `load(item)` returned or the exception it raised. At most `depth` items are being loaded or are
+`Prefetcher(items, load, depth)` yields `(item, result)`, where `result` is what `load(item)` returned
+or the exception it raised. By default items come in the order they finish loading (of the items
+ready at once, the earliest in `items` first), so one slow input never holds back the ones behind it;
+`ordered=True` keeps the order of `items`. Either way at most `depth` items are being loaded or are
 loaded and waiting to be taken, so memory stays bounded by `depth` jobs' inputs (plus what the
-caller holds). Worker threads are daemons: a fetch stuck on the network never blocks exit.
+caller holds), and a stuck load holds one of the `depth` slots until it ends. Worker threads are
+daemons: a fetch stuck on the network never blocks exit.
 """
 
 from __future__ import annotations
@@ -19,16 +22,17 @@ R = TypeVar("R")
 
 class Prefetcher(Generic[T, R]):
     def __init__(self, items: Sequence[T], load: Callable[[T], R], depth: int,
-                 should_stop: Callable[[], bool] | None = None) -> None:
+                 should_stop: Callable[[], bool] | None = None, *, ordered: bool = False) -> None:
         if depth < 1:
             raise ValueError(f"depth must be at least 1, not {depth}")
         self._items = list(items)
         self._load = load
         self.depth = depth
+        self.ordered = ordered
         self._should_stop = should_stop or (lambda: False)
         self._cond = threading.Condition()
         self._next = 0  # next item to start loading
-        self._taken = 0  # next item to hand out
+        self._taken = 0  # items handed out so far
         self._ready: dict[int, R | BaseException] = {}
         self._closed = False
         self.peak = 0
@@ -43,6 +47,8 @@ class Prefetcher(Generic[T, R]):
     def _work(self) -> None:
         while True:
             with self._cond:
+                # In flight (loading, or loaded and not taken) = started - taken; in order, the window is
+                # the same count, since the items taken are exactly the first `_taken`.
                 while not self._closed and self._next < len(self._items) and self._next >= self._taken + self.depth:
                     self._cond.wait()
                 if self._closed or self._next >= len(self._items):
@@ -58,25 +64,30 @@ class Prefetcher(Generic[T, R]):
                 self._ready[index] = result
                 self._cond.notify_all()
 
+    def _pick(self) -> int | None:
+        """The index to hand out next, if one is ready (called with the condition held)."""
+        if self.ordered:
+            return self._taken if self._taken in self._ready else None
+        return min(self._ready) if self._ready else None
+
     def __iter__(self) -> Iterator[tuple[T, R | BaseException]]:
         while self._taken < len(self._items):
             started = time.perf_counter()
             with self._cond:
-                while self._taken not in self._ready:
+                while (index := self._pick()) is None:
                     if self._closed or self._should_stop():
                         return
                     self._cond.wait(0.1)
-                result = self._ready.pop(self._taken)
-                index = self._taken
+                result = self._ready.pop(index)
                 self._taken += 1
                 self._cond.notify_all()
             self.wait_seconds += time.perf_counter() - started
             yield self._items[index], result
 
     def ready(self) -> bool:
-        """Whether the next item can be taken without waiting."""
+        """Whether an item can be taken without waiting."""
         with self._cond:
-            return self._taken in self._ready
+            return self._pick() is not None
 
     def close(self) -> None:
         """Start nothing new; loads already running finish in the background and are dropped."""

@@ -1,22 +1,42 @@
-"""Atomic, no-clobber file writes: temp file in the target's folder, fsync, then link or rename."""
+"""Atomic, no-clobber file writes: temp file in the target's folder, fsync, then link or rename.
+
+A temp file is named `.NAME.PID.XXXXXXXX.tmp` (the target's name, the writer's pid, 8 random
+characters), so a later run can tell a leftover of a killed writer from a concurrent run's file
+(`clean_stale_temps`). Running out of space is a DiskError (exit 74), not a usage error.
+"""
 
 from __future__ import annotations
 
 import errno
 import functools
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from diffrun.errors import OutputExistsError, UsageError
+from diffrun.errors import DiffrunError, DiskError, OutputExistsError, StdoutClosed, UsageError
 
 OVERWRITE_HINT = "pass --overwrite to replace it"
 
 # errno values meaning "this filesystem cannot make hard links": fall back to exists-check + rename.
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
+
+
+_DISK_FULL = {errno.ENOSPC: "disk full", getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded"}
+_DISK_BROKEN = {errno.EIO, errno.EROFS}
+DISK_FULL_HINT = "free some space, then run the same command again (a batch resumes where it stopped)"
+
+
+def write_error(path: str | Path, exc: OSError) -> DiffrunError:
+    """The error for a failed write of `path`: DiskError (exit 74) for a full or broken disk, else UsageError."""
+    if exc.errno in _DISK_FULL:
+        return DiskError(f"{_DISK_FULL[exc.errno]}: cannot write {path}", hint=DISK_FULL_HINT, code="disk_full")
+    if exc.errno in _DISK_BROKEN:
+        return DiskError(f"cannot write {path}: {exc.strerror or exc}", code="io")
+    return UsageError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def exists_error(path: str | Path) -> OutputExistsError:
@@ -76,9 +96,9 @@ def atomic_path(target: str | Path, *, overwrite: bool = False) -> Iterator[str]
         raise exists_error(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     except OSError as e:
-        raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
+        raise write_error(path, e) from e
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
@@ -90,9 +110,73 @@ def atomic_path(target: str | Path, *, overwrite: bool = False) -> Iterator[str]
         with suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
+            raise write_error(path, e) from e
         raise
     _fsync_dir(path.parent)
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}.{os.getpid()}."
+
+
+_TEMP_NAME = re.compile(r"\..+\.(\d{1,10})\.[a-z0-9_]{8}\.tmp")
+"""What `atomic_path` names its temp files; group 1 is the writer's pid."""
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this pid exists here (one we may not signal still counts)."""
+    if pid <= 0:
+        return True  # not a real writer's pid: leave the file alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, OSError):
+        return False  # no such pid can exist
+    return True
+
+
+def clean_stale_temps(folder: str | Path, *, older_than: float) -> list[str]:
+    """Remove diffrun temp files in `folder` that a killed writer left: named as `atomic_path` names them,
+    last modified before `older_than` (a time.time()), and whose writer's pid is no longer running.
+    A concurrent writer's files (its pid runs) are never touched. Returns the paths removed."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if match is None or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= older_than:
+                continue
+        except OSError:
+            continue
+        if not _running(int(match.group(1))):
+            with suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(entry.path)
+    return removed
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Make `folder` (and its parents) if missing and prove a file can be created in it, or raise
+    UsageError (exit 2; DiskError when the disk is full) naming `what` and the reason."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=_temp_prefix("diffrun-check"), suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        error = write_error(path, e)
+        if isinstance(error, DiskError) and error.code == "disk_full":
+            raise error from None
+        raise UsageError(f"{what} {path} is not writable: {e.strerror or e}", code="not_writable") from None
 
 
 def atomic_write(target: str | Path, write: Callable[[BinaryIO], None], *, overwrite: bool = False) -> str:
@@ -104,11 +188,16 @@ def atomic_write(target: str | Path, write: Callable[[BinaryIO], None], *, overw
 
 
 def write_stdout(data: bytes, stdout: BinaryIO | None = None) -> str:
-    """Write `data` to `stdout` (sys.stdout.buffer by default), flush, and return "-"."""
+    """Write `data` to `stdout` (sys.stdout.buffer by default), flush, and return "-".
+
+    A reader that went away (`| head -c 100`) is StdoutClosed (exit 141, nothing printed)."""
     if stdout is None:
         import sys
 
         stdout = sys.stdout.buffer
-    stdout.write(data)
-    stdout.flush()
+    try:
+        stdout.write(data)
+        stdout.flush()
+    except BrokenPipeError:
+        raise StdoutClosed("stdout closed") from None
     return "-"

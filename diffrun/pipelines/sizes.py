@@ -47,25 +47,25 @@ def size_multiple(pipe: Any) -> int:
 
 
 def default_size(pipe: Any) -> tuple[int, int] | None:
-    """(width, height) the pipeline makes when given no size, where it can be read without running it."""
-    defaults = call_defaults(pipe)
-    width, height = _positive_int(defaults.get("width")), _positive_int(defaults.get("height"))
-    if width and height:
-        return width, height
+    """(width, height) the model is made for, where it can be read without running it: its denoiser's
+    sample size (SD, SDXL, SD3, SVD, CogVideoX), else the class's own __call__ defaults (LTX, Wan)."""
     scale = _spatial_scale(pipe)
     sample = _positive_int(getattr(pipe, "default_sample_size", None))  # SDXL, SD3, Flux
     if sample:
         return sample * scale, sample * scale
     config = _denoiser_config(pipe)
-    if config is None:
-        return None
-    sample = getattr(config, "sample_size", None)  # UNets: an int or (height, width)
+    sample = getattr(config, "sample_size", None) if config is not None else None  # an int or (height, width)
     if isinstance(sample, (list, tuple)) and len(sample) == 2 and all(map(_positive_int, sample)):
         return sample[1] * scale, sample[0] * scale
     if _positive_int(sample):
         return sample * scale, sample * scale
-    h, w = _positive_int(getattr(config, "sample_height", None)), _positive_int(getattr(config, "sample_width", None))
-    return (w * scale, h * scale) if w and h else None
+    if config is not None:
+        h, w = (_positive_int(getattr(config, n, None)) for n in ("sample_height", "sample_width"))
+        if w and h:
+            return w * scale, h * scale
+    defaults = call_defaults(pipe)
+    width, height = _positive_int(defaults.get("width")), _positive_int(defaults.get("height"))
+    return (width, height) if width and height else None
 
 
 def _floor(value: float, multiple: int) -> int:

@@ -119,6 +119,9 @@ def unfit_components(pipe: Any, cls: type) -> str | None:
     return None
 
 
+_TEMPORAL_SCALES = ("vae_scale_factor_temporal", "vae_temporal_compression_ratio")
+
+
 class _Reached(Exception):
     """Raised from the denoiser's forward hook: the dry run got through it."""
 
@@ -133,14 +136,17 @@ def _probe_arguments(pipe: Any, size: int) -> dict[str, Any]:
         kwargs[argument] = Image.new("L" if role == "mask_image" else "RGB", (size, size), 128)
     settings = {"prompt": "", "height": size, "width": size, "num_inference_steps": 1, "strength": 1.0,
                 "output_type": "latent", "generator": torch.Generator("cpu").manual_seed(0)}
+    temporal = [t for t in (getattr(pipe, n, None) for n in _TEMPORAL_SCALES) if isinstance(t, int) and t > 0]
+    if temporal:  # a few latent frames, in the 1 + k × ratio shape video VAEs take
+        settings["num_frames"] = 2 * temporal[0] + 1
     kwargs.update({name: value for name, value in settings.items() if name in names})
     return kwargs
 
 
 def dry_run(pipe: Any) -> str | None:
-    """Run `pipe` for one step on a tiny input, stopping right after its denoiser's first call: the shape
-    error the denoiser raised (its weights do not fit this class), or None. Any other failure of the dry
-    run (a size or frame count this family refuses, say) says nothing about fit, and is let pass."""
+    """Run `pipe` for one step on a small input, stopping right after its denoiser's first call: why the
+    model's weights do not fit this class (a tensor shape error on the way), or None. A failure of
+    another kind (a size or frame count this family refuses, say) says nothing about fit: let pass."""
     import torch
 
     from diffrun.pipelines.runtime import first_line, is_out_of_memory
@@ -150,7 +156,7 @@ def dry_run(pipe: Any) -> str | None:
     if name is None or hasattr(getattr(pipe, name), "_orig_mod"):  # none, or torch.compile'd: not worth a recompile
         return None
     denoiser = getattr(pipe, name)
-    entered: list[bool] = []
+    entered: list[bool] = []  # whether a failure came from inside the denoiser
 
     def before(_module: Any, _args: Any) -> None:
         entered.append(True)
@@ -161,14 +167,15 @@ def dry_run(pipe: Any) -> str | None:
     hooks = [denoiser.register_forward_pre_hook(before), denoiser.register_forward_hook(after)]
     try:
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            pipe(**_probe_arguments(pipe, size_multiple(pipe) * 4))
+            pipe(**_probe_arguments(pipe, size_multiple(pipe) * 8))
     except _Reached:
         return None
-    except RuntimeError as exc:
-        if entered and not is_out_of_memory(exc):
-            return f"the model's {name} does not fit it ({first_line(exc, 160)})"
-        return None
-    except Exception:  # any failure outside the denoiser is the dry run's, not the model's
+    except RuntimeError as exc:  # torch's shape errors: the weights do not fit what this class feeds them
+        if is_out_of_memory(exc):
+            return None
+        where = f"the model's {name} does" if entered else "the model's weights do"
+        return f"{where} not fit it ({first_line(exc, 160)})"
+    except Exception:  # diffusers' argument checks (ValueError, TypeError): about the dry run, not the model
         return None
     finally:
         for hook in hooks:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from clirun import SAMPLE, diffrun
+from clirun import SAMPLE, cli_env, diffrun
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -85,3 +87,14 @@ def test_controlnet_control_image_by_its_name_recipe_and_rerun(tiny_controlnet: 
     again = tmp_path / "again.png"
     ok(diffrun("generate", "--from", str(out), "--device", "cpu", "-o", str(again), "--json"))
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+
+
+def test_a_switch_found_by_naming_does_not_import_the_registry(tiny_ltx: Path) -> None:
+    # AutoPipeline's table imports every pipeline module (over a second); naming finds LTX's class without it.
+    code = ("import sys; from PIL import Image; from diffrun.pipelines import ModelOptions, Request, load_model, "
+            f"plan_task; m = load_model(ModelOptions({str(tiny_ltx)!r}, device='cpu')); "
+            "print(plan_task(m, Request('a', None, {'image': Image.new('RGB', (64, 64))}, {}, 0)), "
+            "'diffusers.pipelines.auto_pipeline' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.split() == ["image-to-video", "False"], proc.stderr[-2000:]

@@ -92,7 +92,8 @@ def _declared_types(cls: type) -> dict[str, tuple[type, ...]]:
         types = cls._get_signature_types()
     except (AttributeError, TypeError, NameError):  # older diffusers, or annotations it cannot resolve
         return {}
-    return {name: tuple(t for t in found if isinstance(t, type) and t is not inspect.Parameter.empty)
+    skip = (inspect.Parameter.empty, type(None))
+    return {name: tuple(t for t in found if isinstance(t, type) and t not in skip)
             for name, found in types.items() if isinstance(found, tuple)}
 
 

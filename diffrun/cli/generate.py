@@ -147,6 +147,7 @@ def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool
         jobrun.plan_job_outputs(job, runtime.model, guess, overwrite=overwrite)
     with console.make_progress(show) as bar:
         task_id = bar.add_task("loading model", total=None)
+        pipelines.precheck(runtime, jobrun.job_requests(job, inputs)[0])  # before the weights load
         model = pipelines.load_model(runtime, on_progress=lambda text: bar.update(task_id, description=text))
         timings["model_load"] = model.load_seconds
         requests = jobrun.job_requests(job, inputs)

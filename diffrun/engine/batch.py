@@ -275,6 +275,11 @@ class BatchRunner:
         from diffrun import pipelines
         from diffrun.outputs.formats import default_extension
 
+        try:  # what the model's class tells before its weights load (an unknown --param) fails this job alone
+            pipelines.precheck(self.config.model, jobrun.job_requests(job, inputs)[0])
+        except DiffrunError as exc:
+            self._fail(job, exc, inputs, {"fetch": inputs.seconds})
+            return None
         model = self._ensure_model()  # a model that cannot load stops the batch (exit 4)
         try:
             requests = jobrun.job_requests(job, inputs)

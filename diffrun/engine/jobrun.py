@@ -94,6 +94,7 @@ def job_recipe(job: Job, model: LoadedModel, inputs: JobInputs, output: Output, 
         "index": index,
         "args": output.call_args,
         "inputs": inputs.describe(),
+        "input_arguments": output.input_arguments,
         "device": model.device,
         "dtype": model.dtype,
     }

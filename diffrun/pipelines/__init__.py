@@ -6,6 +6,7 @@ Importing this package stays cheap: torch, diffusers and transformers load insid
 from diffrun.pipelines.info import environment
 from diffrun.pipelines.loading import load_model
 from diffrun.pipelines.models import LoadedModel, ModelOptions, Output, Request
+from diffrun.pipelines.precheck import precheck
 from diffrun.pipelines.run import run
 from diffrun.pipelines.tasks import batch_key, plan_task
 from diffrun.pipelines.tiny import TINY_KINDS, make_tiny_model
@@ -21,5 +22,6 @@ __all__ = [
     "load_model",
     "make_tiny_model",
     "plan_task",
+    "precheck",
     "run",
 ]

@@ -41,7 +41,9 @@ class LoadedModel:
     info: dict[str, Any]
     load_seconds: float
     pipes: dict[str, Any] = field(default_factory=dict, repr=False)
-    """Pipelines switched to with from_pipe, sharing `pipe`'s weights, keyed by task."""
+    """Pipelines switched to with from_pipe, sharing `pipe`'s weights, keyed by task (None: none fits)."""
+    refused: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    """Why each candidate class was refused, for the tasks no pipeline fits."""
 
 
 @dataclass
@@ -66,3 +68,6 @@ class Output:
     task: str
     pipeline: str
     call_args: dict[str, Any]
+    input_arguments: dict[str, str] = field(default_factory=dict)
+    """Input name -> the __call__ argument it fed (a ControlNet text-to-image class takes `control_image`
+    as `image`), for the recipe."""

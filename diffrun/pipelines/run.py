@@ -7,9 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 from diffrun.errors import OutOfMemoryError, UsageError
+from diffrun.pipelines.calls import call_parameters
 from diffrun.pipelines.models import LoadedModel, Output, Request
 from diffrun.pipelines.runtime import first_line, is_out_of_memory
-from diffrun.pipelines.tasks import SIZE_ARGS, batch_key, call_parameters, resized_images, resolve
+from diffrun.pipelines.sizes import SIZE_ARGS, resized_images
+from diffrun.pipelines.tasks import Plan, batch_key, resolve
 
 OOM_HINT = "try --offload model, --vae-tiling, or a smaller --width/--height"
 
@@ -52,7 +54,8 @@ def run(model: LoadedModel, requests: list[Request],
     keys = {batch_key(r) for r in requests}
     if len(keys) != 1:
         raise ValueError("requests in one run() call must share a batch_key (same task, arguments and inputs)")
-    task, pipe, args = resolve(model, requests[0])
+    plan = resolve(model, requests[0])
+    pipe, args = plan.pipe, plan.args
     names, _ = call_parameters(pipe)
     count = _per_request(args, names)
     kwargs: dict[str, Any] = dict(args)
@@ -61,10 +64,10 @@ def run(model: LoadedModel, requests: list[Request],
         kwargs["prompt"] = [r.prompt for r in requests]
     if first.negative_prompt is not None:
         kwargs["negative_prompt"] = [r.negative_prompt for r in requests]
-    images = [resized_images(pipe, r) for r in requests]
+    images = [resized_images(pipe, r.images, r.args) for r in requests]
     for name in first.images:
         values = [i[name] for i in images]
-        kwargs[name] = values[0] if len(values) == 1 else values
+        kwargs[plan.inputs.get(name, name)] = values[0] if len(values) == 1 else values
     if "generator" in names:
         kwargs["generator"] = _generators(requests, count)
     if "output_type" in names:
@@ -88,11 +91,11 @@ def run(model: LoadedModel, requests: list[Request],
         if isinstance(exc, (ValueError, TypeError)):
             raise UsageError(f"{type(pipe).__name__} rejected the arguments: {first_line(exc)}") from exc
         raise
-    return _outputs(result, requests, task, type(pipe).__name__, args, count)
+    return _outputs(result, requests, plan, count)
 
 
-def _outputs(result: Any, requests: list[Request], task: str, pipeline: str,
-             args: dict[str, Any], count: int) -> list[Output]:
+def _outputs(result: Any, requests: list[Request], plan: Plan, count: int) -> list[Output]:
+    args = plan.args
     frames = getattr(result, "frames", None)
     videos = list(frames) if frames is not None else None
     images = list(getattr(result, "images", None) or []) if videos is None else []
@@ -110,8 +113,9 @@ def _outputs(result: Any, requests: list[Request], task: str, pipeline: str,
         outputs.append(Output(
             images=images[part],
             videos=[list(v) for v in videos[part]] if videos is not None else [],
-            task=task,
-            pipeline=pipeline,
+            task=plan.task,
+            pipeline=type(plan.pipe).__name__,
             call_args=call_args,
+            input_arguments=dict(plan.inputs),
         ))
     return outputs

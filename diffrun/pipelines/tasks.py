@@ -1,17 +1,31 @@
 """Which task a request asks for, which pipeline does it, and whether every argument fits its __call__.
 
 Nothing here knows model names: a pipeline's abilities come from its __call__ signature, and a
-pipeline that does not fit is switched with diffusers' AutoPipeline*.from_pipe (sharing weights).
+pipeline that does not fit is switched to the same family's class for the task (see variants.py).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
+import math
+from dataclasses import dataclass
 from typing import Any
 
 from diffrun.errors import TaskError, UsageError
+from diffrun.pipelines import variants
+from diffrun.pipelines.calls import (
+    CONTROL,
+    IMAGE_ROLES,
+    call_defaults,
+    call_parameters,
+    image_arguments,
+    is_controlled,
+    is_video,
+    pipeline_class,
+    pipeline_task,
+)
 from diffrun.pipelines.models import LoadedModel, Request
+from diffrun.pipelines.sizes import SIZE_ARGS, sized_args
 
 TASKS = ("text-to-image", "image-to-image", "inpainting", "text-to-video", "image-to-video", "custom")
 
@@ -22,47 +36,12 @@ RESERVED = ("generator", "output_type", "return_dict", "callback_on_step_end",
 # Same meaning, different name in some pipelines: requested name -> alternative the pipeline may take.
 ALIASES = {"num_images_per_prompt": "num_videos_per_prompt"}
 
-_AUTO_CLASSES = {
-    "text-to-image": "AutoPipelineForText2Image",
-    "image-to-image": "AutoPipelineForImage2Image",
-    "inpainting": "AutoPipelineForInpainting",
-}
-
-
-def call_parameters(pipe: Any) -> tuple[set[str], bool]:
-    """The names __call__ takes (of a pipeline or a pipeline class), and whether it passes any other
-    keyword on (**kwargs).
-
-    diffusers' own pipelines keep **kwargs only to pop deprecated arguments and drop the rest
-    silently, so for them **kwargs does not count; custom (community) pipelines' does.
-    """
-    call = (pipe if isinstance(pipe, type) else type(pipe)).__call__
-    params = inspect.signature(call).parameters
-    names = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
-    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    own = (getattr(call, "__module__", "") or "").startswith("diffusers.")
-    return names, var_kw and not own
-
-
-def is_video(pipe: Any) -> bool:
-    return "num_frames" in call_parameters(pipe)[0]
-
-
-def pipeline_task(pipe: Any) -> str:
-    """The one task a pipeline's __call__ is shaped for."""
-    names, _ = call_parameters(pipe)
-    medium = "video" if "num_frames" in names else "image"
-    if "mask_image" in names:
-        return "inpainting"
-    if "image" in names:
-        return f"image-to-{medium}"
-    if "prompt" in names:
-        return f"text-to-{medium}"
-    return "custom"
+_sibling_class = variants.sibling_class  # the name tests and older callers know
 
 
 def wanted_task(pipe: Any, request: Request) -> str:
-    """The task the request's inputs ask of a pipeline of `pipe`'s medium."""
+    """The task the request's inputs ask of a pipeline of `pipe`'s medium (a control image alone
+    conditions a text-to-X task; it does not make one)."""
     medium = "video" if is_video(pipe) else "image"
     if "mask_image" in request.images:
         return "inpainting"
@@ -71,70 +50,12 @@ def wanted_task(pipe: Any, request: Request) -> str:
     return f"text-to-{medium}"
 
 
-_SIBLING_INFIX = {"text-to-image": "", "image-to-image": "Img2Img", "inpainting": "Inpaint"}
-
-
-def _sibling_class(pipe: Any, task: str) -> Any | None:
-    """The same family's pipeline class for `task` by diffusers' naming (StableDiffusionPipeline ->
-    StableDiffusionImg2ImgPipeline), when it exists and its __call__ fits. It is what AutoPipeline picks
-    for these families, without importing AutoPipeline's table of every pipeline (about half a second)."""
-    import diffusers
-
-    name = type(pipe).__name__
-    if task not in _SIBLING_INFIX or not name.endswith("Pipeline"):
-        return None
-    stem = name[: -len("Pipeline")]
-    for infix in _SIBLING_INFIX.values():
-        if infix and stem.endswith(infix):
-            stem = stem[: -len(infix)]
-    try:
-        cls = getattr(diffusers, f"{stem}{_SIBLING_INFIX[task]}Pipeline")
-    except (AttributeError, ImportError, RuntimeError):  # no such class, or one whose extras are missing
-        return None
-    if not isinstance(cls, type) or not hasattr(cls, "from_pipe"):
-        return None
-    return cls if pipeline_task(cls) == task else None
-
-
-def _switch(pipe: Any, task: str, dtype: str) -> Any | None:
-    """The family's sibling class (see _sibling_class), else AutoPipelineFor<task>, `.from_pipe(pipe)`;
-    None where diffusers has no such pipeline for it.
-
-    DiffusionPipeline.from_pipe casts the shared modules to its `dtype` argument (fp32 when left out);
-    AutoPipeline's from_pipe ignores it today. Passing the loaded dtype keeps both paths from silently
-    turning an fp16 model, original pipeline included, into fp32.
-    """
-    name = _AUTO_CLASSES.get(task)
-    if name is None:
-        return None
-    import diffusers
-
-    from diffrun.pipelines.loading import dtype_kwarg
-    from diffrun.pipelines.runtime import torch_dtype
-
-    kwargs = {dtype_kwarg(): torch_dtype(dtype)}
-    # Candidates are resolved one at a time: AutoPipeline's import is only paid when the sibling fails.
-    for candidate in (lambda: _sibling_class(pipe, task), lambda: getattr(diffusers, name)):
-        cls = candidate()
-        if cls is None:
-            continue
-        try:
-            switched = cls.from_pipe(pipe, **kwargs)
-        except (ValueError, KeyError, TypeError, AttributeError):  # diffusers' "no such pipeline" errors
-            continue
-        if hasattr(switched, "set_progress_bar_config"):
-            switched.set_progress_bar_config(disable=True)
-        return switched
-    return None
-
-
 def pipeline_for(model: LoadedModel, task: str) -> Any | None:
     """The loaded pipeline, or one switched to from it, that does `task`; cached on the model."""
     if pipeline_task(model.pipe) in (task, "custom"):
         return model.pipe
     if task not in model.pipes:
-        switched = _switch(model.pipe, task, model.dtype)
-        model.pipes[task] = switched if switched is not None and pipeline_task(switched) == task else None
+        model.pipes[task], model.refused[task] = variants.switch(model.pipe, task, model.dtype)
     return model.pipes[task]
 
 
@@ -148,23 +69,65 @@ def abilities(model: LoadedModel) -> list[str]:
     return [t for t in TASKS if t in found]
 
 
-def adapt_args(pipe: Any, request: Request) -> dict[str, Any]:
-    """request.args checked against pipe's __call__, with aliases renamed; unknown ones raise UsageError."""
+def _check_images(pipe: Any, request: Request, names: set[str], var_kw: bool) -> dict[str, str]:
+    """Input name -> the __call__ argument it feeds; UsageError for one the pipeline cannot take."""
+    cls = pipeline_class(pipe).__name__
+    roles = image_arguments(pipe)
+    inputs: dict[str, str] = {}
+    for name in request.images:
+        if name in RESERVED:
+            raise UsageError(f"argument {name!r} cannot be an image")
+        if name in IMAGE_ROLES and name in names and name not in roles:
+            raise UsageError(f"{cls} takes its control image as {roles[CONTROL]!r}, and no other {name!r}",
+                             hint="give the control image with --input control_image=REF")
+        target = roles.get(name, name)
+        if target not in names and not var_kw:
+            raise UsageError(f"{cls} does not take argument {name!r}")
+        inputs[name] = target
+    if is_controlled(pipe) and CONTROL in roles and CONTROL not in request.images:
+        raise UsageError(f"{cls} needs a control image", hint="give it with --input control_image=REF")
+    return inputs
+
+
+def _check_denoising(pipe: Any, args: dict[str, Any]) -> None:
+    """strength × steps below 1 leaves an image-to-image pipeline no step to run (diffusers then fails deep
+    inside with an empty tensor): refuse it before the model runs."""
+    names, _ = call_parameters(pipe)
+    if "strength" not in names or "image" not in image_arguments(pipe):
+        return
+    if any(args.get(n) is not None for n in ("denoising_start", "timesteps", "sigmas")):
+        return  # the pipeline is told its schedule another way
+    defaults = call_defaults(pipe)
+    try:
+        strength = float(args.get("strength", defaults.get("strength")))
+        steps = int(args.get("num_inference_steps", defaults.get("num_inference_steps")))
+    except (TypeError, ValueError):
+        return  # not numbers: the pipeline's own check says so
+    if steps < 1 or int(steps * strength) >= 1:
+        return
+    which = "--steps" if "num_inference_steps" in args else f"the default {steps} steps of"
+    message = (f"--strength {strength:g} × {which} {steps} = {steps * strength:g} leaves no denoising step "
+               f"({pipeline_class(pipe).__name__} runs int(steps × strength) of them)")
+    if strength <= 0:
+        raise UsageError(message, hint="use a --strength above 0")
+    raise UsageError(message, hint=f"use --steps {math.ceil(1 / strength - 1e-9)} or more, "
+                                   f"or --strength {math.ceil(100 / steps) / 100:g} or more")
+
+
+def check_call(pipe: Any, request: Request) -> tuple[dict[str, Any], dict[str, str]]:
+    """(call arguments, input name -> argument) for `request` on `pipe` (a pipeline or its class), with
+    aliases renamed; anything its __call__ cannot take raises UsageError."""
     names, var_kw = call_parameters(pipe)
-    cls = type(pipe).__name__
+    cls = pipeline_class(pipe).__name__
     if request.prompt is not None and "prompt" not in names:
         raise UsageError(f"{cls} does not take a prompt")
     if request.negative_prompt is not None and "negative_prompt" not in names:
         raise UsageError(f"{cls} does not take a negative prompt")
-    for name in request.images:
-        if name in RESERVED:
-            raise UsageError(f"argument {name!r} cannot be an image")
-        if name not in names and not var_kw:
-            raise UsageError(f"{cls} does not take argument {name!r}")
+    inputs = _check_images(pipe, request, names, var_kw)
     args: dict[str, Any] = {}
     for name, value in request.args.items():
         if name in SIZE_ARGS and name not in names and "image" in request.images:
-            continue  # the pipeline takes its size from the image: resized_images() applies it there
+            continue  # the pipeline takes its size from the image: sizes.resized_images() applies it there
         if name in RESERVED:
             raise UsageError(f"argument {name!r} is set by diffrun, not by --param")
         if name in request.images:
@@ -175,44 +138,39 @@ def adapt_args(pipe: Any, request: Request) -> dict[str, Any]:
         elif name not in names and not var_kw:
             raise UsageError(f"{cls} does not take argument {name!r}")
         args[target] = value
-    return args
+    _check_denoising(pipe, args)
+    return args, inputs
 
 
-SIZE_ARGS = ("width", "height")
+@dataclass
+class Plan:
+    """How one request runs: its task, the pipeline, the checked call arguments, and which argument
+    each input image feeds (a ControlNet text-to-image class takes `control_image` as `image`)."""
+
+    task: str
+    pipe: Any
+    args: dict[str, Any]
+    inputs: dict[str, str]
 
 
-def resized_images(pipe: Any, request: Request) -> dict[str, Any]:
-    """request.images, with `image` cropped and resized to --width/--height when the pipeline itself
-    takes no size (image-to-image pipelines size their output from the input)."""
-    names, _ = call_parameters(pipe)
-    width, height = (request.args.get(n) if n not in names else None for n in SIZE_ARGS)
-    image = request.images.get("image")
-    if not (width or height) or image is None or isinstance(image, (list, tuple)):
-        return request.images
-    from PIL import ImageOps
-
-    w, h = image.size
-    width = int(width or round(w * int(height) / h))
-    height = int(height or round(h * width / w))
-    size = (max(8, width // 8 * 8), max(8, height // 8 * 8))
-    return {**request.images, "image": ImageOps.fit(image, size)}
-
-
-def resolve(model: LoadedModel, request: Request) -> tuple[str, Any, dict[str, Any]]:
-    """(task, pipeline to call, checked call arguments) for a request."""
+def resolve(model: LoadedModel, request: Request) -> Plan:
+    """The plan for a request: TaskError when no pipeline of the model does its task, UsageError for
+    arguments that do not fit."""
     base_task = pipeline_task(model.pipe)
     task = "custom" if base_task == "custom" else wanted_task(model.pipe, request)
     pipe = pipeline_for(model, task)
     if pipe is None:
         can = ", ".join(abilities(model))
+        refused = model.refused.get(task) or []
         raise TaskError(f"model '{model.options.model}' ({type(model.pipe).__name__}) cannot do {task}; "
-                        f"it can do: {can}")
-    return task, pipe, adapt_args(pipe, request)
+                        f"it can do: {can}", hint="; ".join(refused[:2]) or None)
+    args, inputs = check_call(pipe, request)
+    return Plan(task, pipe, sized_args(pipe, request.images, args), inputs)
 
 
 def plan_task(model: LoadedModel, request: Request) -> str:
     """Check a request against the model without running it; returns the task it will run."""
-    return resolve(model, request)[0]
+    return resolve(model, request).task
 
 
 def _image_shape(value: Any) -> Any:

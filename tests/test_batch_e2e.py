@@ -58,7 +58,7 @@ def test_mixed_inputs_one_404_fails_alone_then_resume_and_retry(tiny_sd: Path, t
     assert streamed == log and len(log) == 5
     by_id = {r["id"]: r for r in log}
     gone = by_id.pop("gone")
-    assert gone["status"] == "failed" and gone["error"]["code"] == "input" and "404" in gone["error"]["message"]
+    assert gone["status"] == "failed" and gone["error"]["category"] == "input" and gone["error"]["code"] == "http_status" and "404" in gone["error"]["message"]
     assert gone["outputs"] == [] and not list(out.glob("gone*"))
     assert "gone" in first.stderr.decode() and "jobs failed" in first.stderr.decode()  # summary table
     sources = {"file": local, "url": remote, "flaky": flaky}
@@ -173,7 +173,7 @@ def test_bad_manifest_and_dry_run(tiny_sd: Path, tmp_path: Path, server) -> None
     assert records["ok"]["status"] == "ok" and records["ok"]["action"] == "run"
     assert records["ok"]["inputs"]["image"] == [hashlib.sha256(png((16, 16))).hexdigest()]
     assert records["missing"]["status"] == "failed" and "404" in records["missing"]["error"]["message"]
-    assert records["file"]["status"] == "failed" and records["file"]["error"]["code"] == "input"
+    assert records["file"]["status"] == "failed" and records["file"]["error"]["category"] == "input"
     assert not (tmp_path / "o").exists()  # no model, no files, no log
 
 

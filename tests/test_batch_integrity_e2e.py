@@ -112,7 +112,11 @@ def wait_for(check, proc: subprocess.Popen, what: str, limit: float = 180) -> No
 def test_unwritable_output_results_or_save_inputs_fail_before_the_model_loads(tmp_path: Path,
                                                                               read_only: Path) -> None:
     manifest = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "x"}])
-    no_model = str(tmp_path / "no-model")  # loading it would be exit 4: exit 2 proves the check came first
+    # A folder that passes the model-reference check but cannot load (exit 4): exit 2 proves the check came first.
+    no_model = tmp_path / "no-model"
+    no_model.mkdir()
+    (no_model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    no_model = str(no_model)
     for extra, named in (
         (("-o", str(read_only / "out")), "output folder"),
         (("-o", str(tmp_path / "out"), "--results", str(read_only / "results.jsonl")), "results log"),

@@ -24,7 +24,7 @@ def test_saved_bytes_are_exact_and_named_by_hash(tmp_path):
     loaded = load_input(data, save_dir=out)
     sha = hashlib.sha256(data).hexdigest()
     assert loaded.sha256 == sha
-    assert loaded.saved_path == out / f"{sha[:16]}.jpg"
+    assert loaded.saved_path == out / f"{sha}.jpg"  # the full digest, as README's <sha256> says
     assert loaded.saved_path.read_bytes() == data  # original bytes, EXIF and all, not a re-encode
     [line] = _lines(out)
     assert set(line) == KEYS

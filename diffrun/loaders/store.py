@@ -22,7 +22,7 @@ _LOG_LOCK = threading.Lock()
 
 
 class InputStore:
-    """Writes each input once as `<sha256[:16]>.<ext>` and logs one JSON line per input saved."""
+    """Writes each input once as `<sha256>.<ext>` (the full hex digest) and logs one JSON line per input saved."""
 
     def __init__(self, directory: Path | str, *, fsync: bool = False) -> None:
         self.directory = Path(directory).expanduser()
@@ -34,7 +34,7 @@ class InputStore:
         """Store `data` (skipped when already there) and append its line to inputs.jsonl."""
         self.directory.mkdir(parents=True, exist_ok=True)
         ext = EXTENSIONS.get(fmt.upper(), "bin")
-        path = self.directory / f"{sha256[:16]}.{ext}"
+        path = self.directory / f"{sha256}.{ext}"
         if not _same_size(path, len(data)):
             self._write_atomic(path, data)
         record = {

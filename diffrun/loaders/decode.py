@@ -65,6 +65,7 @@ def decode_image(data: bytes, policy: FetchPolicy | None = None, *, mode: str = 
     try:
         with BUDGET.reserve(estimate(width, height, original_mode, mode), policy.decode_budget), \
                 _pillow_limit_lifted(_past_pillow_limit(width * height)):
+            _decode_into_one_block(im, mode)
             notes = _load(im, fmt, display)
             image = _finish(im, policy, mode, display)
     finally:
@@ -122,6 +123,22 @@ def _load(im: ImageFile.ImageFile, fmt: str, display: str) -> tuple[str, ...]:
     return tuple(caught.lines)
 
 
+def _decode_into_one_block(im: ImageFile.ImageFile, mode: str) -> None:
+    """For an RGBA image that will be composited into RGB: decode into one contiguous block.
+
+    Pillow allocates big images in 16 MB blocks; one block lets convert.composite take the blended
+    RGBA pixels as RGB without a copy (Image.fromarrow), so the decoded image is also the output.
+    The plugin's load uses an image that is already set. Anything unexpected: Pillow's own allocation.
+    """
+    if im.mode != "RGBA" or mode == "RGBA" or getattr(im, "_tile_size", im.size) != im.size:
+        return
+    new_block = getattr(Image.core, "new_block", None)
+    if new_block is None:
+        return
+    with contextlib.suppress(AttributeError, TypeError, ValueError, MemoryError):
+        im.im = new_block(im.mode, im.size)
+
+
 def _finish(im: ImageFile.ImageFile, policy: FetchPolicy, mode: str, display: str) -> Image.Image:
     """Upright, detached from the file, in `mode`: the decoded pixels reused when nothing changes."""
     try:
@@ -144,7 +161,7 @@ def _detached(im: ImageFile.ImageFile) -> Image.Image:
 def _tiff_compression(im: ImageFile.ImageFile) -> int | None:
     try:
         value = im.tag_v2.get(259, 1)  # type: ignore[attr-defined]
-    except (AttributeError, KeyError, ValueError):
+    except (AttributeError, KeyError, ValueError):  # not parsed that far
         return None
     return value if isinstance(value, int) else None
 

@@ -9,7 +9,8 @@ are medians of per-image ratios, so JPEG/PNG size differences cancel out:
   diffusers    diffusers.utils.load_image(url): requests.get (a new connection each time)
   floor        pooled session.get(url).content, Image.open(BytesIO(...)).convert("RGB")
 
-Runs twice: plain loopback, and with every new TCP connection delayed (imitating a TLS handshake).
+Runs three scenarios: plain loopback, every new TCP connection delayed (imitating a TLS handshake),
+and big inputs (2048x2048 JPEGs, plain loopback), where any extra copy or pass over the pixels shows.
 
     python bench/loaders.py --n 30
 """
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy/torch load: single-threaded, like the loaders
+
 from PIL import Image, ImageDraw, ImageFilter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,8 +43,8 @@ from diffrun.loaders.policy import FetchPolicy  # noqa: E402
 Loader = Callable[[str], Image.Image]
 
 
-def make_images(n: int, size: int) -> list[tuple[bytes, str]]:
-    """N distinct photo-like images, alternating JPEG (quality 90) and PNG."""
+def make_images(n: int, size: int, *, jpeg_only: bool = False) -> list[tuple[bytes, str]]:
+    """N distinct photo-like images, alternating JPEG (quality 90) and PNG (or all JPEG)."""
     out = []
     for i in range(n):
         noise = Image.effect_noise((size, size), 40 + i).convert("RGB")
@@ -53,7 +56,7 @@ def make_images(n: int, size: int) -> list[tuple[bytes, str]]:
             draw.ellipse((x, y, x + size // 4, y + size // 5), fill=((i * 40) % 256, (k * 60) % 256, 128))
         image = image.filter(ImageFilter.GaussianBlur(1))
         buf = BytesIO()
-        if i % 2 == 0:
+        if i % 2 == 0 or jpeg_only:
             image.save(buf, "JPEG", quality=90)
             out.append((buf.getvalue(), "image/jpeg"))
         else:
@@ -144,10 +147,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="delay on every new connection in the second run (default 20)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="loads per image and method; the best is kept (default 3)")
+    parser.add_argument("--big", type=int, default=8, help="2048x2048 JPEGs in the big-input scenario (default 8)")
+    parser.add_argument("--big-size", type=int, default=2048, help="their side in pixels (default 2048)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from diffusers.utils import load_image as diffusers_load_image
+
+    if "torch" in sys.modules:  # diffusers imports it; one thread, like every method here
+        sys.modules["torch"].set_num_threads(1)
 
     diffrun_name, diffrun_load = diffrun_loader()
     methods: dict[str, Loader] = {
@@ -160,13 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted(len(data) for data, _ in images)
     print(f"{args.n} images of {args.size}x{args.size} (JPEG/PNG alternating, median {sizes[len(sizes) // 2]} bytes), "
           f"Python {sys.version.split()[0]}")
+    big = make_images(args.big, args.big_size, jpeg_only=True) if args.big > 0 else []
+    scenarios = [("plain loopback", images, 0.0, 1.0),
+                 (f"new connections delayed {args.handshake_ms:g} ms", images, args.handshake_ms, 0.5)]
+    if big:
+        scenarios.append((f"{args.big_size}x{args.big_size} JPEG, plain loopback", big, 0.0, 1.0))
     all_met = []
     with LoopbackServer() as server:
-        for scenario, delay, limit in (("plain loopback", 0.0, 1.0),
-                                       (f"new connections delayed {args.handshake_ms:g} ms", args.handshake_ms, 0.5)):
+        for scenario, inputs, delay, limit in scenarios:
             server.reset()
             server.connection_delay = delay / 1000
-            urls = [server.add(f"/img{i}", data, content_type=ctype) for i, (data, ctype) in enumerate(images)]
+            urls = [server.add(f"/img{i}", data, content_type=ctype) for i, (data, ctype) in enumerate(inputs)]
             times = measure(urls, methods, args.repeat)
             all_met += report(scenario, times, diffrun_name, limit)
             print(f"\n(server saw {server.connections} TCP connections for {len(server.log)} requests)")

@@ -174,6 +174,7 @@ def test_bad_manifest_and_dry_run(tiny_sd: Path, tmp_path: Path, server) -> None
     assert records["ok"]["inputs"]["image"] == [hashlib.sha256(png((16, 16))).hexdigest()]
     assert records["missing"]["status"] == "failed" and "404" in records["missing"]["error"]["message"]
     assert records["file"]["status"] == "failed" and records["file"]["error"]["category"] == "input"
+    assert records["file"]["error"]["code"] == "not_found"
     assert not (tmp_path / "o").exists()  # no model, no files, no log
 
 

@@ -19,7 +19,7 @@ from diffrun.loaders import FetchPolicy, LoadedInput, load_image, load_input, lo
 REPO = Path(__file__).resolve().parents[1]
 FAST = FetchPolicy(timeout=2.0, deadline=10.0, retries=0, backoff=0.001)
 JSON_KEYS = {"source", "ok", "format", "width", "height", "mode", "bytes", "sha256", "saved_path", "final_url",
-             "error", "seconds"}
+             "error", "code", "hint", "seconds"}
 
 
 def test_load_input_fields(tmp_path):

@@ -49,10 +49,11 @@ def test_missing_path_is_not_found_never_base64(tmp_path):
     missing = tmp_path / "nope.png"
     with pytest.raises(InputError) as info:
         load_input(str(missing))
-    assert info.value.reason == f"not found: {missing}"
-    assert info.value.source == str(missing)
+    # the path is named once, as the input: not "nope.png: not found: nope.png"
+    assert info.value.reason == "not found" and info.value.code == "not_found"
+    assert info.value.source == str(missing) and str(info.value) == f"{missing}: not found"
     # a string that merely looks like base64 is still a path
-    with pytest.raises(InputError, match="not found: iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB") as info:
+    with pytest.raises(InputError, match=r"^iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB: not found$") as info:
         load_input("iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB")
     assert "base64" not in info.value.reason
     # a whole image as bare base64 is longer than any file name can be: still "not found"
@@ -60,7 +61,7 @@ def test_missing_path_is_not_found_never_base64(tmp_path):
     assert "/" not in blob  # one file name segment, longer than any file system allows
     with pytest.raises(InputError) as info:
         load_input(blob)
-    assert info.value.reason.startswith("not found: iVBORw0KGgo")
+    assert info.value.reason == "not found" and info.value.source.startswith("iVBORw0KGgo")
 
 
 def test_directory(tmp_path):

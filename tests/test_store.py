@@ -7,7 +7,9 @@ import json
 import threading
 
 import images
+import pytest
 
+from diffrun.errors import InputError
 from diffrun.loaders import load_input, load_many
 from diffrun.loaders.store import LOG_NAME, InputStore
 
@@ -24,7 +26,7 @@ def test_saved_bytes_are_exact_and_named_by_hash(tmp_path):
     loaded = load_input(data, save_dir=out)
     sha = hashlib.sha256(data).hexdigest()
     assert loaded.sha256 == sha
-    assert loaded.saved_path == out / f"{sha[:16]}.jpg"
+    assert loaded.saved_path == out / f"{sha}.jpg"  # the full digest, as README's <sha256> says
     assert loaded.saved_path.read_bytes() == data  # original bytes, EXIF and all, not a re-encode
     [line] = _lines(out)
     assert set(line) == KEYS
@@ -99,3 +101,41 @@ def test_concurrent_saves_give_whole_lines(tmp_path):
     for t in threads:
         t.join()
     assert len(_lines(tmp_path / "threads")) == 100
+
+
+def test_planted_log_symlink_is_refused(tmp_path):
+    """A planted inputs.jsonl link must not make diffrun append to the file it points at."""
+    out, victim = tmp_path / "saved", tmp_path / "victim.txt"
+    out.mkdir()
+    victim.write_text("precious\n")
+    (out / LOG_NAME).symlink_to(victim)
+    with pytest.raises(InputError) as info:
+        load_input(images.png(), save_dir=out)
+    assert info.value.code == "save_failed" and "symbolic link" in info.value.reason
+    assert victim.read_text() == "precious\n"
+    [result] = list(load_many([images.png()], save_dir=out))
+    assert not result.ok and result.to_json()["code"] == "save_failed"
+
+
+def test_planted_file_under_an_inputs_name_is_replaced(tmp_path):
+    """A same-size decoy, or a link to one, under `<sha256>.png` is not trusted as the saved input."""
+    data = images.png(color=images.GREEN)
+    sha = hashlib.sha256(data).hexdigest()
+    decoy = tmp_path / "decoy.png"
+    decoy.write_bytes(b"x" * len(data))
+    for plant in ("link", "file"):
+        out = tmp_path / plant
+        out.mkdir()
+        target = out / f"{sha}.png"
+        if plant == "link":
+            target.symlink_to(decoy)
+        else:
+            target.write_bytes(bytes(reversed(data)))
+        loaded = load_input(data, save_dir=out)
+        assert loaded.saved_path == target and not target.is_symlink()
+        assert target.read_bytes() == data
+    assert decoy.read_bytes() == b"x" * len(data)  # the link's target is left alone
+    # an identical file already there is kept as it is (not rewritten)
+    mtime = (tmp_path / "file" / f"{sha}.png").stat().st_mtime_ns
+    load_input(data, save_dir=tmp_path / "file")
+    assert (tmp_path / "file" / f"{sha}.png").stat().st_mtime_ns == mtime

@@ -327,7 +327,7 @@ def _dry_run(engine: Any, jobs: list[Job], policy: Any, log_path: Path, retry_fa
                       else "[red]failed[/red]", escape(clean(error.replace("\n", " "))))
 
     records = engine.dry_run(jobs, policy, results=log_path, retry_failed=retry_failed, force=force,
-                             prefetch=max(prefetch, 8), on_result=on_result)
+                             prefetch=prefetch, on_result=on_result)
     failed = [r for r in records if r["status"] != "ok"]
     would_run = sum(r["action"] == "run" for r in records)
     if not json_out:

@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from diffrun.errors import InputError
+from diffrun.loaders import problems
 from diffrun.loaders.decode import OUTPUT_MODES, PIL_ERRORS, DecodedImage, decode_image, normalise
 from diffrun.loaders.policy import FetchPolicy
 from diffrun.loaders.redact import display_ref, strip_credentials
@@ -49,6 +50,8 @@ class LoadedInput:
     saved_path: Path | None = None
     digest: str | None = field(default=None, repr=False, compare=False)
     """The sha256 when already known; read `sha256`, which fills this in on first use."""
+    notes: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    """What the decoder library said while this input decoded fine (libtiff warnings): for --debug."""
 
     @property
     def sha256(self) -> str:
@@ -75,13 +78,17 @@ class LoadResult:
     input: LoadedInput | None
     error: InputError | None
     seconds: float
+    rejected_bytes: int | None = None
+    """For an input whose bytes were read and then refused (not an image, corrupt, ...): how many."""
+    rejected_sha256: str | None = None
+    """... and their sha256, so a refused download can be found again."""
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_json(self) -> dict[str, Any]:
-        loaded = self.input
+        loaded, error = self.input, self.error
         return {
             "source": self.source,
             "ok": self.ok,
@@ -89,11 +96,13 @@ class LoadResult:
             "width": loaded.width if loaded else None,
             "height": loaded.height if loaded else None,
             "mode": loaded.image.mode if loaded else None,
-            "bytes": len(loaded.data) if loaded else None,
-            "sha256": loaded.sha256 if loaded else None,
+            "bytes": len(loaded.data) if loaded else self.rejected_bytes,
+            "sha256": loaded.sha256 if loaded else self.rejected_sha256,
             "saved_path": str(loaded.saved_path) if loaded and loaded.saved_path else None,
             "final_url": strip_credentials(loaded.final_url) if loaded and loaded.final_url else None,
-            "error": str(self.error) if self.error else None,
+            "error": str(error) if error else None,
+            "code": error.code if error else None,
+            "hint": error.hint if error else None,
             "seconds": round(self.seconds, 6),
         }
 
@@ -102,19 +111,9 @@ def load_input(source: Any, policy: FetchPolicy | None = None, *, mode: str = "R
                save_dir: Path | str | None = None, store: InputStore | None = None) -> LoadedInput:
     """Read, check and decode one input; InputError (exit 3) naming the input on any failure."""
     policy = policy or FetchPolicy()
-    if mode not in OUTPUT_MODES:
-        raise ValueError(f"mode must be one of {OUTPUT_MODES}, not {mode!r}")
-    display = display_ref(source)
-    raw = read_source(source, policy, display=display)
-    if raw.image is not None:
-        return _from_pil(raw, policy, mode, _store(store, save_dir))
-    decoded = decode_image(raw.data, policy, mode=mode, display=display)
-    loaded = LoadedInput(source=display, image=decoded.image, data=raw.data, format=decoded.format,
-                         final_url=raw.final_url)
-    target = _store(store, save_dir)
-    if target is not None:
-        loaded.saved_path = _save(target, raw.data, loaded, decoded.format, decoded)
-    return loaded
+    _check_mode(mode)
+    raw = read_source(source, policy, display=display_ref(source))
+    return _from_raw(raw, policy, mode, _store(store, save_dir))
 
 
 def load_image(source: Any, policy: FetchPolicy | None = None, *, mode: str = "RGB",
@@ -131,6 +130,7 @@ def load_many(sources: Iterable[Any], policy: FetchPolicy | None = None, *, mode
     as slots free up, so a huge or endless iterable is never loaded all at once.
     """
     policy = policy or FetchPolicy()
+    _check_mode(mode)
     workers = max(1, int(workers))
     store = InputStore(save_dir) if save_dir is not None else None
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="diffrun-load")
@@ -148,13 +148,36 @@ def load_many(sources: Iterable[Any], policy: FetchPolicy | None = None, *, mode
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in OUTPUT_MODES:
+        raise ValueError(f"mode must be one of {OUTPUT_MODES}, not {mode!r}")
+
+
+def _from_raw(raw: RawInput, policy: FetchPolicy, mode: str, store: InputStore | None) -> LoadedInput:
+    if raw.image is not None:
+        return _from_pil(raw, policy, mode, store)
+    decoded = decode_image(raw.data, policy, mode=mode, display=raw.display)
+    loaded = LoadedInput(source=raw.display, image=decoded.image, data=raw.data, format=decoded.format,
+                         final_url=raw.final_url, notes=decoded.notes)
+    if store is not None:
+        loaded.saved_path = _save(store, raw.data, loaded, decoded.format, decoded)
+    return loaded
+
+
 def _timed_load(source: Any, policy: FetchPolicy, mode: str, store: InputStore | None) -> LoadResult:
     start = time.perf_counter()
     display = display_ref(source)
+    raw: RawInput | None = None
     try:
-        loaded = load_input(source, policy, mode=mode, store=store)
+        raw = read_source(source, policy, display=display)
+        loaded = _from_raw(raw, policy, mode, store)
     except InputError as e:
-        return LoadResult(display, None, e, time.perf_counter() - start)
+        result = LoadResult(display, None, e, 0.0)
+        if raw is not None and raw.image is None:
+            result.rejected_bytes = len(raw.data)
+            result.rejected_sha256 = hashlib.sha256(raw.data).hexdigest()
+        result.seconds = time.perf_counter() - start
+        return result
     return LoadResult(display, loaded, None, time.perf_counter() - start)
 
 
@@ -170,23 +193,25 @@ def _save(store: InputStore, data: bytes, loaded: LoadedInput, fmt: str, decoded
         return store.save(data, sha256=loaded.sha256, fmt=fmt, source_display=loaded.source,
                           final_url=loaded.final_url, width=width, height=height)
     except OSError as e:
-        raise InputError(loaded.source, f"cannot save to {store.directory}: {e.strerror or e}") from None
+        raise InputError(loaded.source, f"cannot save to {store.directory}: {e.strerror or e}",
+                         code="save_failed") from None
 
 
 def _from_pil(raw: RawInput, policy: FetchPolicy, mode: str, store: InputStore | None) -> LoadedInput:
     """A PIL image passed in: same checks and normalisation, identity is its PNG encoding."""
     src = raw.image
     assert src is not None
+    if src.width * src.height > policy.max_pixels:  # before load(): an image opened lazily has pixels to come
+        raise problems.too_many_pixels(raw.display, src.width * src.height, policy.max_pixels, src.size)
     try:
         src.load()
-        if src.width * src.height > policy.max_pixels:
-            raise InputError(raw.display, f"too many pixels: {src.width}x{src.height} > {policy.max_pixels}")
         image = normalise(src, policy, mode=mode)
         png = _png(src) or _png(image)
     except InputError:
         raise
     except PIL_ERRORS as e:
-        raise InputError(raw.display, f"cannot use this image: {e}") from None
+        raise InputError(raw.display, f"cannot use this image: {problems.describe(e)}",
+                         code="convert_failed") from None
     loaded = LoadedInput(source=raw.display, image=image, data=b"", format=src.format or "PIL",
                          digest=hashlib.sha256(png).hexdigest())
     if store is not None:

@@ -40,10 +40,10 @@ def split_data_uri(uri: str, *, display: str | None = None) -> DataURI:
     """Split a data URI into its declared media type, encoding flag and raw body."""
     shown = display if display is not None else "data URI"
     if not is_data_uri(uri):
-        raise InputError(shown, "not a data URI (must start with 'data:')")
+        raise InputError(shown, "not a data URI (must start with 'data:')", code="invalid_data_uri")
     head, comma, body = uri[5:].partition(",")
     if not comma:
-        raise InputError(shown, "invalid data URI: missing ',' before the data")
+        raise InputError(shown, "invalid data URI: missing ',' before the data", code="invalid_data_uri")
     params = [p.strip() for p in head.split(";")]
     is_b64 = len(params) > 1 and params[-1].lower() == "base64"
     media_type = params[0].lower() or "text/plain"
@@ -60,11 +60,12 @@ def parse_data_uri(uri: str, *, max_bytes: int | None = None, display: str | Non
     if max_bytes is not None and len(body) > 3 * max_bytes:
         # each decoded byte takes at least 1 and at most 3 characters
         raise InputError(shown, f"too large: a body of {len(body)} characters > {max_bytes} bytes",
-                         hint="raise --max-bytes")
+                         hint="raise --max-input-bytes if the input is trusted",
+                         code="too_large")
     try:
         data = unquote_to_bytes(body)
     except UnicodeError as e:
-        raise InputError(shown, f"invalid characters in data URI: {e.reason}") from None
+        raise InputError(shown, f"invalid characters in data URI: {e.reason}", code="invalid_data_uri") from None
     _check_size(len(data), max_bytes, shown)
     return data
 
@@ -73,23 +74,25 @@ def _decode_base64(body: str, max_bytes: int | None, shown: str) -> bytes:
     try:
         raw = body.encode("ascii")
     except UnicodeEncodeError:
-        raise InputError(shown, "invalid base64 in data URI: non-ASCII characters") from None
+        raise InputError(shown, "invalid base64 in data URI: non-ASCII characters", code="invalid_data_uri") from None
     if b"%" in raw:
         raw = unquote_to_bytes(raw)
     raw = _WHITESPACE.sub(b"", raw)
     _check_size(len(raw) * 3 // 4 - raw[-2:].count(b"="), max_bytes, shown)
     if b"-" in raw or b"_" in raw:
         if b"+" in raw or b"/" in raw:
-            raise InputError(shown, "invalid base64 in data URI: mixes the standard and URL-safe alphabets")
+            raise InputError(shown, "invalid base64 in data URI: mixes the standard and URL-safe alphabets",
+                             code="invalid_data_uri")
         raw = raw.translate(_URLSAFE)
     try:
         data = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise InputError(shown, f"invalid base64 in data URI: {e}") from None
+        raise InputError(shown, f"invalid base64 in data URI: {e}", code="invalid_data_uri") from None
     _check_size(len(data), max_bytes, shown)
     return data
 
 
 def _check_size(n: int, max_bytes: int | None, shown: str) -> None:
     if max_bytes is not None and n > max_bytes:
-        raise InputError(shown, f"too large: {n} bytes > {max_bytes} bytes", hint="raise --max-bytes")
+        raise InputError(shown, f"too large: {n} bytes > {max_bytes} bytes",
+                         hint="raise --max-input-bytes if the input is trusted", code="too_large")

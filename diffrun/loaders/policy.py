@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MAX_BYTES = 50_000_000
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+DEFAULT_MAX_PIXELS = 89_478_485  # the same number as Pillow's own decompression-bomb threshold
+DEFAULT_DECODE_BUDGET = 1 << 30  # 1 GiB
 
 
 @dataclass(frozen=True)
@@ -29,3 +30,5 @@ class FetchPolicy:
     """When not empty, only these hosts (exact, or `*.example.com`) may be fetched."""
     block_private: bool = False
     """Refuse loopback, private, link-local and reserved addresses, on every redirect hop."""
+    decode_budget: int = DEFAULT_DECODE_BUDGET
+    """Bytes of decoded pixels in flight at once, over all loads in this process (see loaders/budget.py)."""

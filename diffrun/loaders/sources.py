@@ -61,7 +61,7 @@ def classify(ref: Any) -> str:
     if isinstance(ref, os.PathLike):
         return "path"
     if not isinstance(ref, str):
-        raise InputError(display_ref(ref), f"unsupported input type: {type(ref).__name__}")
+        raise InputError(display_ref(ref), f"unsupported input type: {type(ref).__name__}", code="unsupported_input")
     if ref == "-":
         return "stdin"
     match = _SCHEME.match(ref)
@@ -78,7 +78,7 @@ def classify(ref: Any) -> str:
         if _exists(ref):
             return "path"
         raise InputError(display_ref(ref), f"unsupported scheme: {scheme}:",
-                         hint="use a local path, file://, http(s):// or data: URI")
+                         hint="use a local path, file://, http(s):// or data: URI", code="unsupported_scheme")
     return "path"
 
 
@@ -108,21 +108,27 @@ def file_uri_to_path(uri: str, display: str) -> Path:
     try:
         parts = urlsplit(uri)
     except ValueError as e:  # "file://[x/a.png": Invalid IPv6 URL
-        raise InputError(display, f"invalid file URI: {e}") from None
+        raise InputError(display, f"invalid file URI: {e}", code="invalid_url") from None
     host = parts.netloc.rsplit("@", 1)[-1].lower()
     if host not in ("", "localhost"):
-        raise InputError(display, f"unsupported file URI host: {host} (only local files can be read)")
+        raise InputError(display, f"unsupported file URI host: {host} (only local files can be read)",
+                         code="unsupported_scheme")
     path = unquote(parts.path)
     if not path:
-        raise InputError(display, "invalid file URI: no path")
+        raise InputError(display, "invalid file URI: no path", code="invalid_url")
     if re.match(r"^/[A-Za-z]:[/\\]", path) and os.name == "nt":  # file:///C:/x.png
         path = path[1:]
     return Path(path)
 
 
 def read_file(path: Path, policy: FetchPolicy, display: str) -> bytes:
-    """Read a local file, at most `policy.max_bytes` of it, with one clear reason per failure."""
-    path_shown = display_ref(str(path))
+    """Read a local file, at most `policy.max_bytes` of it, with one clear reason per failure.
+
+    Messages name the path only when the input was not given as that path (a file:// URI), so a
+    plain `nope.png` reads `nope.png: not found`, not `nope.png: not found: nope.png`.
+    """
+    shown = display_ref(str(path))
+    where = "" if shown == display else f": {shown}"
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -131,19 +137,20 @@ def read_file(path: Path, policy: FetchPolicy, display: str) -> bytes:
     except InputError:
         raise
     except (FileNotFoundError, ValueError):  # ValueError: an embedded NUL character
-        raise InputError(display, f"not found: {path_shown}", hint="check the path, or quote URLs") from None
+        raise InputError(display, f"not found{where}", hint="check the path, or quote URLs", code="not_found") from None
     except IsADirectoryError:
-        raise InputError(display, f"is a directory: {path_shown}") from None
+        raise InputError(display, f"is a directory{where}", code="not_a_file") from None
     except PermissionError:
         if path.is_dir():  # Windows reports directories as PermissionError
-            raise InputError(display, f"is a directory: {path_shown}") from None
-        raise InputError(display, f"permission denied: {path_shown}") from None
+            raise InputError(display, f"is a directory{where}", code="not_a_file") from None
+        raise InputError(display, f"permission denied{where}", code="permission_denied") from None
     except NotADirectoryError:
-        raise InputError(display, f"not found: {path_shown} (a parent is not a directory)") from None
+        raise InputError(display, f"not found{where} (a parent is not a directory)", code="not_found") from None
     except OSError as e:  # ELOOP, EIO, ... : still one line naming the input
         if e.errno == errno.ENAMETOOLONG:  # e.g. a bare base64 image: no file can have that name
-            raise InputError(display, f"not found: {path_shown}", hint="check the path, or quote URLs") from None
-        raise InputError(display, f"cannot read {path_shown}: {e.strerror or e}") from None
+            raise InputError(display, f"not found{where}", hint="check the path, or quote URLs",
+                             code="not_found") from None
+        raise InputError(display, f"cannot read{where}: {e.strerror or e}", code="read_error") from None
     _check_size(len(data), policy, display)  # for pipes and special files, whose size is 0
     return data
 
@@ -152,15 +159,16 @@ def _read_stdin(policy: FetchPolicy, display: str) -> bytes:
     global _stdin_used
     with _stdin_lock:
         if _stdin_used:
-            raise InputError(display, "standard input can only be read once", hint="use '-' for one input only")
+            raise InputError(display, "standard input can only be read once", hint="use '-' for one input only",
+                             code="stdin")
         _stdin_used = True
     stream = getattr(sys.stdin, "buffer", None)
     if stream is None:
-        raise InputError(display, "no standard input to read")
+        raise InputError(display, "no standard input to read", code="stdin")
     try:
         data = stream.read(policy.max_bytes + 1)
     except OSError as e:
-        raise InputError(display, f"cannot read standard input: {e.strerror or e}") from None
+        raise InputError(display, f"cannot read standard input: {e.strerror or e}", code="read_error") from None
     _check_size(len(data), policy, display)
     return data
 
@@ -174,7 +182,7 @@ def _fetch(url: str, policy: FetchPolicy, display: str) -> RawInput:
 
 def _local_path(ref: str | os.PathLike, display: str) -> Path:
     if isinstance(ref, str) and not ref.strip():
-        raise InputError(display or repr(ref), "empty input reference")
+        raise InputError(display or repr(ref), "empty input reference", code="not_found")
     try:
         return Path(ref).expanduser()
     except RuntimeError:  # "~" with no home directory to expand it to
@@ -192,4 +200,5 @@ def _check_size(n: int, policy: FetchPolicy, display: str) -> None:
     if n > policy.max_bytes:
         limit = policy.max_bytes
         reason = f"more than {limit} bytes" if n == limit + 1 else f"{n} bytes > {limit} bytes"
-        raise InputError(display, f"too large: {reason}", hint="raise --max-bytes")
+        raise InputError(display, f"too large: {reason}", hint="raise --max-input-bytes if the input is trusted",
+                         code="too_large")

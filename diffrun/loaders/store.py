@@ -1,11 +1,19 @@
-"""`--save-inputs DIR`: keep the exact bytes of every input, content-addressed, plus inputs.jsonl."""
+"""`--save-inputs DIR`: keep the exact bytes of every input, content-addressed, plus inputs.jsonl.
+
+The folder may be shared or prepared by someone else, so nothing found in it is trusted: the log is
+opened without following a symbolic link (and must be a regular file), and a file already under an
+input's name is used only when it is a regular file holding exactly those bytes; anything else there
+(a link, a decoy of the same size) is replaced atomically by the real bytes.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
+import stat
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +30,7 @@ _LOG_LOCK = threading.Lock()
 
 
 class InputStore:
-    """Writes each input once as `<sha256[:16]>.<ext>` and logs one JSON line per input saved."""
+    """Writes each input once as `<sha256>.<ext>` (the full hex digest) and logs one JSON line per input saved."""
 
     def __init__(self, directory: Path | str, *, fsync: bool = False) -> None:
         self.directory = Path(directory).expanduser()
@@ -34,8 +42,8 @@ class InputStore:
         """Store `data` (skipped when already there) and append its line to inputs.jsonl."""
         self.directory.mkdir(parents=True, exist_ok=True)
         ext = EXTENSIONS.get(fmt.upper(), "bin")
-        path = self.directory / f"{sha256[:16]}.{ext}"
-        if not _same_size(path, len(data)):
+        path = self.directory / f"{sha256}.{ext}"
+        if not _holds(path, data):
             self._write_atomic(path, data)
         record = {
             "source": strip_credentials(source_display),
@@ -49,8 +57,8 @@ class InputStore:
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         }
         line = json.dumps(record, ensure_ascii=False) + "\n"
-        with _LOG_LOCK, open(self.log_path, "a", encoding="utf-8") as log:
-            log.write(line)
+        with _LOG_LOCK, _open_log(self.log_path) as log:
+            log.write(line.encode("utf-8"))
         return path
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
@@ -70,8 +78,34 @@ class InputStore:
             raise
 
 
-def _same_size(path: Path, size: int) -> bool:
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted under the name must not block the open
+
+
+def _open_log(path: Path):
+    """inputs.jsonl for appending: never through a symbolic link, and only a regular file."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _NONBLOCK | getattr(os, "O_BINARY", 0)
     try:
-        return path.stat().st_size == size
-    except FileNotFoundError:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP or (e.errno in (errno.ENXIO, errno.EINVAL) and path.is_symlink()):
+            raise OSError(errno.ELOOP, f"{path.name} is a symbolic link; refusing to write through it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path.name} is not a regular file")
+    return os.fdopen(fd, "ab")
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """True when `path` is a regular file (not a link) whose bytes are exactly `data`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK | getattr(os, "O_BINARY", 0))
+    except OSError:  # missing, a symbolic link (ELOOP), unreadable: write it afresh
         return False
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size != len(data):
+            return False
+        return f.read(len(data) + 1) == data

@@ -171,7 +171,7 @@ def test_num_images_becomes_num_videos_for_video_pipelines(svd: LoadedModel) -> 
 
 
 def test_video_model_without_image_names_what_it_can_do(svd: LoadedModel) -> None:
-    with pytest.raises(TaskError, match=r"StableVideoDiffusionPipeline\) cannot do text-to-video; "
+    with pytest.raises(TaskError, match=r"StableVideoDiffusionPipeline cannot do text-to-video; "
                                         r"it can do: image-to-video") as err:
         plan_task(svd, Request(None, None, {}, STEPS, 0))
     assert err.value.exit == 4

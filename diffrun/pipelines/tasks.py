@@ -25,6 +25,7 @@ from diffrun.pipelines.calls import (
     pipeline_task,
 )
 from diffrun.pipelines.models import LoadedModel, Request
+from diffrun.pipelines.reference import shown
 from diffrun.pipelines.sizes import SIZE_ARGS, sized_args
 
 TASKS = ("text-to-image", "image-to-image", "inpainting", "text-to-video", "image-to-video", "custom")
@@ -162,7 +163,7 @@ def resolve(model: LoadedModel, request: Request) -> Plan:
     if pipe is None:
         can = ", ".join(abilities(model))
         refused = model.refused.get(task) or []
-        raise TaskError(f"model '{model.options.model}' ({type(model.pipe).__name__}) cannot do {task}; "
+        raise TaskError(f"{shown(model.options.model)}: {type(model.pipe).__name__} cannot do {task}; "
                         f"it can do: {can}", hint="; ".join(refused[:2]) or None)
     args, inputs = check_call(pipe, request)
     return Plan(task, pipe, sized_args(pipe, request.images, args), inputs)

@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -17,6 +18,38 @@ OVERWRITE_HINT = "pass --overwrite to replace it"
 
 # errno values meaning "this filesystem cannot make hard links": fall back to exists-check + rename.
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
+
+
+# Temp files (and folders) being written right now: what a hard exit on a second Ctrl-C removes
+# (engine/signals.py). Only the registry lives here; the writers below add and drop their paths.
+_IN_FLIGHT: set[str] = set()
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+def in_flight() -> list[str]:
+    """The temp paths being written right now."""
+    with _IN_FLIGHT_LOCK:
+        return sorted(_IN_FLIGHT)
+
+
+def track(path: str | Path) -> None:
+    with _IN_FLIGHT_LOCK:
+        _IN_FLIGHT.add(str(path))
+
+
+def untrack(path: str | Path) -> None:
+    with _IN_FLIGHT_LOCK:
+        _IN_FLIGHT.discard(str(path))
+
+
+@contextmanager
+def tracked(path: str | Path) -> Iterator[None]:
+    """`path` is in flight while the block runs (removing it stays the block's job)."""
+    track(path)
+    try:
+        yield
+    finally:
+        untrack(path)
 
 
 def exists_error(path: str | Path) -> OutputExistsError:
@@ -79,6 +112,7 @@ def atomic_path(target: str | Path, *, overwrite: bool = False) -> Iterator[str]
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
     except OSError as e:
         raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
+    track(tmp)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
@@ -86,9 +120,11 @@ def atomic_path(target: str | Path, *, overwrite: bool = False) -> Iterator[str]
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         publish(tmp, path, overwrite=overwrite)
+        untrack(tmp)
     except BaseException as e:
         with suppress(OSError):
             os.unlink(tmp)
+        untrack(tmp)
         if isinstance(e, OSError):
             raise UsageError(f"cannot write {path}: {e.strerror or e}") from e
         raise

@@ -115,6 +115,7 @@ def load_model(options: ModelOptions, on_progress: Callable[[str], None] | None 
     """Load and set up the pipeline `options` describe; failures raise ModelError/UsageError."""
     say = on_progress or (lambda _message: None)
     start = time.perf_counter()
+    runtime.apply_threads(options.threads)  # before torch does any parallel work
     device = runtime.resolve_device(options.device)
     dtype = runtime.resolve_dtype(options.dtype, device)
     offload = runtime.check_offload(options.offload, device)

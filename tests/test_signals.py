@@ -215,7 +215,8 @@ def _wait_line(proc: subprocess.Popen[bytes], line: bytes) -> bytes:
 def test_first_signal_ends_a_command_stuck_in_a_long_op(tmp_path: Path, sig: int) -> None:
     proc, temp = _stuck(tmp_path, "command")
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=30)  # the main thread would sleep 60 s
+    with _killed_after(proc):
+        _, err = proc.communicate(timeout=30)  # the main thread would sleep 60 s
     assert_interrupted(proc.returncode, err)
     assert b"main thread back" not in err  # the watchdog ended it, not the main thread
     assert not temp.exists()
@@ -227,10 +228,22 @@ def test_batch_first_signal_asks_second_ends_it_while_stuck(tmp_path: Path) -> N
     assert b"stopping after the current jobs" in _wait_line(proc, b"stop requested")
     assert proc.poll() is None and temp.exists()  # the first signal only asks
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    with _killed_after(proc):
+        _, err = proc.communicate(timeout=30)
     assert_interrupted(proc.returncode, err)
     assert b"main thread back" not in err
     assert not temp.exists()
+
+
+@contextlib.contextmanager
+def _killed_after(proc: subprocess.Popen[bytes]):
+    """Never leave the script behind when a check fails."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_handlers_are_restored_after_the_command() -> None:

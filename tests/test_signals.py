@@ -160,7 +160,7 @@ def _running(pid: int) -> bool:
 # -- the watchdog: the main thread never gets back to Python ---------------------------------------
 
 STUCK = """\
-import os, signal, sys, threading, time
+import os, signal, subprocess, sys, threading, time
 from diffrun.engine import signals
 from diffrun.outputs import atomic
 
@@ -168,6 +168,8 @@ temp, mode = sys.argv[1], sys.argv[2]
 with open(temp, "w") as f:
     f.write("half")
 atomic.track(temp)
+child = subprocess.Popen(["sleep", "600"])  # as ffmpeg would be
+os.write(2, b"child %d\\n" % child.pid)
 guard = signals.interrupts() if mode == "command" else signals.StopRequested()
 with guard:
     if mode == "batch":
@@ -186,13 +188,13 @@ with guard:
 """
 
 
-def _stuck(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[bytes], Path]:
+def _stuck(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[bytes], Path, int]:
     temp = tmp_path / ".out.png.abc.tmp"
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(STUCK), str(temp), mode],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
-    _wait_line(proc, b"ready")
+    child = int(_wait_line(proc, b"ready").split(b"child ", 1)[1].split()[0])
     wait_until(proc, lambda: _main_thread_state(proc.pid) == "S", "the long sleep")  # not just before it
-    return proc, temp
+    return proc, temp, child
 
 
 def _main_thread_state(pid: int) -> str:
@@ -213,17 +215,17 @@ def _wait_line(proc: subprocess.Popen[bytes], line: bytes) -> bytes:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_first_signal_ends_a_command_stuck_in_a_long_op(tmp_path: Path, sig: int) -> None:
-    proc, temp = _stuck(tmp_path, "command")
+    proc, temp, child = _stuck(tmp_path, "command")
     proc.send_signal(sig)
     with _killed_after(proc):
         _, err = proc.communicate(timeout=30)  # the main thread would sleep 60 s
     assert_interrupted(proc.returncode, err)
     assert b"main thread back" not in err  # the watchdog ended it, not the main thread
-    assert not temp.exists()
+    assert not temp.exists() and not _running(child)
 
 
 def test_batch_first_signal_asks_second_ends_it_while_stuck(tmp_path: Path) -> None:
-    proc, temp = _stuck(tmp_path, "batch")
+    proc, temp, child = _stuck(tmp_path, "batch")
     proc.send_signal(signal.SIGINT)
     assert b"stopping after the current jobs" in _wait_line(proc, b"stop requested")
     assert proc.poll() is None and temp.exists()  # the first signal only asks
@@ -232,7 +234,7 @@ def test_batch_first_signal_asks_second_ends_it_while_stuck(tmp_path: Path) -> N
         _, err = proc.communicate(timeout=30)
     assert_interrupted(proc.returncode, err)
     assert b"main thread back" not in err
-    assert not temp.exists()
+    assert not temp.exists() and not _running(child)
 
 
 @contextlib.contextmanager

@@ -40,6 +40,9 @@ class _Guard:
     """The process-wide state: handlers, the wake-up pipe, the watcher thread, the signal count."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self.depth = 0
         self.graceful: list[bytes] = []
         """Stack of StopRequested messages; non-empty means the first signal only sets the flag."""
@@ -62,11 +65,13 @@ class _Guard:
         self.depth += 1
         if self.depth > 1:
             return True
+        for sig in SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        if os.name != "posix":  # no select() on pipes: the Python handler counts (main thread only)
+            return True
         read, write = os.pipe()
         os.set_blocking(write, False)
         self._pipe = (read, write)
-        for sig in SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
         self._previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         self._thread = threading.Thread(target=self._watch, args=(read,), name="diffrun-signals", daemon=True)
         self._thread.start()
@@ -76,25 +81,28 @@ class _Guard:
         self.depth -= 1
         if self.depth > 0:
             return
-        signal.set_wakeup_fd(self._previous_fd)
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._previous_fd)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
         if self._pipe is not None:
             read, write = self._pipe
             with contextlib.suppress(OSError):
-                os.write(write, b"\0")  # wakes the watcher, which closes both ends
+                os.write(write, b"\0")  # ends the watcher
             if self._thread is not None:
                 self._thread.join(timeout=5)
             for fd in (read, write):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._pipe = self._thread = None
-        self.__init__()  # a fresh state for the next run in this process (tests)
+        self._reset()  # a fresh state for the next run in this process (tests)
 
     # -- the two halves of a signal ---------------------------------------------------------------
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         """Python-level handler (main thread, when it runs Python again)."""
+        if self._thread is None:
+            self._signalled(signum)
         if self.graceful or self.raised:
             return
         self.raised = True

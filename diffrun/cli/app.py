@@ -12,6 +12,7 @@ import typer
 
 from diffrun import __version__
 from diffrun.cli import console, options
+from diffrun.engine import signals
 from diffrun.errors import DiffrunError, Exit, StdoutClosed
 
 try:  # typer >= 0.29 carries its own click
@@ -86,9 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     console.State.debug = debug or os.environ.get("DIFFRUN_DEBUG", "").lower() in ("1", "true", "yes")
     _register()
+    with signals.interrupts():  # Ctrl-C / SIGTERM: error: interrupted, exit 130, in every phase
+        return _run(args)
+
+
+def _run(args: list[str]) -> int:
     try:
         code = app(args=args, prog_name="diffrun", standalone_mode=False)
-        if code == Exit.INTERRUPTED:  # typer turns a KeyboardInterrupt inside a command into this code
+        if code == Exit.INTERRUPTED and signals.report_interrupt():  # typer's code for a KeyboardInterrupt
             console.error("interrupted")
     except (StdoutClosed, BrokenPipeError):
         # The reader of stdout went away (`| head`): stop quietly with the code a shell gives a process
@@ -104,9 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         _show_cli_error(exc)
         code = Exit.USAGE
     except (KeyboardInterrupt, typer.Abort):
-        console.error("interrupted")
+        if signals.report_interrupt():
+            console.error("interrupted")
         code = Exit.INTERRUPTED
     except Exception as exc:  # the last line of defence: a bug, reported in one line unless --debug
+        if signals.requested() and not console.State.debug:  # most likely fallout of the interrupt
+            if signals.report_interrupt():
+                console.error("interrupted")
+            return int(Exit.INTERRUPTED)
         if console.State.debug:
             raise
         console.error(f"internal error: {type(exc).__name__}: {exc}", "run again with --debug for the traceback")

@@ -144,6 +144,7 @@ def batch(
     compile_: mo.Compile = False,
     scheduler: mo.Scheduler = None,
     lora: mo.Lora = None,
+    threads: mo.Threads = None,
     json_out: options.Json = False,
     quiet: options.Quiet = False,
     progress: options.ProgressFlag = False,
@@ -199,7 +200,7 @@ def batch(
         model=mo.model_options(
             model=model, revision=revision, variant=variant, device=device, dtype=dtype, offload=offload,
             vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention_slicing=attention_slicing,
-            compile_=compile_, scheduler=scheduler, lora=lora),
+            compile_=compile_, scheduler=scheduler, lora=lora, threads=threads),
         policy=policy, output_dir=folder, results=log_path, prefetch=prefetch, batch_size=batch_size,
         overwrite=overwrite, quality=quality, sidecar=sidecar, fps=fps, save_inputs=save_inputs,
         retry_failed=retry_failed, force=force, fail_fast=fail_fast,

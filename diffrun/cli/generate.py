@@ -56,6 +56,7 @@ def generate(
     compile_: mo.Compile = False,
     scheduler: mo.Scheduler = None,
     lora: mo.Lora = None,
+    threads: mo.Threads = None,
     json_out: options.Json = False,
     quiet: options.Quiet = False,
     progress: options.ProgressFlag = False,
@@ -91,7 +92,7 @@ def generate(
     runtime = mo.model_options(
         model=model or recipe_model, revision=revision, variant=variant, device=device, dtype=dtype,
         offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention_slicing=attention_slicing,
-        compile_=compile_, scheduler=scheduler, lora=lora,
+        compile_=compile_, scheduler=scheduler, lora=lora, threads=threads,
     )
     policy = options.fetch_policy(
         timeout=timeout, deadline=deadline, retries=retries, max_input_bytes=max_input_bytes,
@@ -133,14 +134,18 @@ def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool
          sidecar: bool, show: bool) -> dict:
     """The model reference, the inputs (a bad one fails before the model loads), the model, the pipeline, the files."""
     from diffrun import pipelines
-    from diffrun.engine import jobrun
+    from diffrun.engine import jobrun, signals
     from diffrun.pipelines.reference import check_model_ref
+    from diffrun.pipelines.runtime import cpu_threads
 
     check_model_ref(runtime.model, runtime.revision)  # first: a stat or a cache look, no torch, no network
+    # A first Ctrl-C/SIGTERM raises KeyboardInterrupt wherever the main thread is (cli/app.py installs
+    # engine/signals.py); these checks catch one that library code swallowed, at each phase and step.
     timings: dict[str, float] = {}
     start = time.perf_counter()
     inputs = jobrun.load_job_inputs(job, policy, save_inputs)
     timings["inputs"] = inputs.seconds
+    signals.check()
     if job.output not in (None, "-"):
         # Refuse to overwrite before spending time on the model (the kind is only a guess here).
         guess = "video" if Path(job.output).suffix.lower() in (".mp4", ".gif") else "image"
@@ -150,6 +155,7 @@ def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool
         pipelines.precheck(runtime, jobrun.job_requests(job, inputs)[0])  # before the weights load
         model = pipelines.load_model(runtime, on_progress=lambda text: bar.update(task_id, description=text))
         timings["model_load"] = model.load_seconds
+        signals.check()
         requests = jobrun.job_requests(job, inputs)
         task = pipelines.plan_task(model, requests[0])
         kind = "video" if task.endswith("video") else "image"
@@ -158,12 +164,14 @@ def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool
         infer_start = time.perf_counter()
 
         def on_step(step: int, total: int) -> None:
+            signals.check()  # the step boundary: a stop here leaves nothing half-done
             bar.update(task_id, completed=step, total=total)
 
         for request in requests:
             bar.update(task_id, description=f"{task} seed {request.seed}", completed=0, total=None)
             results.extend(pipelines.run(model, [request], on_step=on_step))
         timings["inference"] = time.perf_counter() - infer_start
+    signals.check()
     save_start = time.perf_counter()
     written = jobrun.write_job_outputs(job, model, inputs, results, targets, quality=quality, overwrite=overwrite,
                                        sidecar=sidecar)
@@ -172,7 +180,8 @@ def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool
     return {
         "status": "ok", "outputs": written, "seeds": job.seeds, "task": task, "model": model.info.get("model"),
         "pipeline": results[0].pipeline, "scheduler": model.info.get("scheduler"), "device": model.device,
-        "dtype": model.dtype, "inputs": inputs.describe(), "timings": {k: round(v, 4) for k, v in timings.items()},
+        "dtype": model.dtype, "threads": cpu_threads(), "inputs": inputs.describe(),
+        "timings": {k: round(v, 4) for k, v in timings.items()},
     }
 
 

@@ -45,6 +45,11 @@ Scheduler = Annotated[str | None, typer.Option(
 Lora = Annotated[list[str] | None, typer.Option(
     "--lora", envvar="DIFFRUN_LORA", metavar="REF[:SCALE]", rich_help_panel=RUNTIME,
     help="LoRA weights REF[:SCALE] (repeatable).")]
+Threads = Annotated[int | None, typer.Option(
+    "--threads", min=1, envvar="DIFFRUN_THREADS", metavar="N", rich_help_panel=RUNTIME, show_default=False,
+    help="CPU threads for torch, also with cuda/mps (the CPU still does part of the work) "
+         "\\[default: $OMP_NUM_THREADS, else one less than the usable CPUs, at most torch's own choice]; "
+         "recorded in the recipe.")]
 
 
 def model_ref(model: str | None) -> str:
@@ -60,11 +65,11 @@ def model_ref(model: str | None) -> str:
 
 def model_options(*, model: str | None, revision: str | None, variant: str | None, device: str, dtype: str,
                   offload: str, vae_tiling: bool, vae_slicing: bool, attention_slicing: bool, compile_: bool,
-                  scheduler: str | None, lora: list[str] | None):
+                  scheduler: str | None, lora: list[str] | None, threads: int | None = None):
     """The runtime options as `pipelines.ModelOptions` (imports no torch; pipelines validates them)."""
     from diffrun.pipelines import ModelOptions
 
     return ModelOptions(model=model_ref(model), revision=revision, variant=variant, device=device, dtype=dtype,
                         offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                         attention_slicing=attention_slicing, compile=compile_, scheduler=scheduler,
-                        loras=parse_loras(lora))
+                        loras=parse_loras(lora), threads=threads)

@@ -79,7 +79,10 @@ def plan_job_outputs(job: Job, model_ref: str, kind: str, *, overwrite: bool,
 
 
 def job_recipe(job: Job, model: LoadedModel, inputs: JobInputs, output: Output, seed: int, index: int) -> dict:
-    """Everything needed to make this output again (`diffrun generate --from FILE`)."""
+    """Everything needed to make this output again (`diffrun generate --from FILE`); `threads` because
+    the CPU thread count can change the last bits of a CPU result."""
+    from diffrun.pipelines.runtime import cpu_threads
+
     return {
         "diffrun_version": __version__,
         "job_id": job.id,
@@ -97,6 +100,7 @@ def job_recipe(job: Job, model: LoadedModel, inputs: JobInputs, output: Output, 
         "input_arguments": output.input_arguments,
         "device": model.device,
         "dtype": model.dtype,
+        "threads": cpu_threads(),
     }
 
 

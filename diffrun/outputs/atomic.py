@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -37,6 +38,38 @@ def write_error(path: str | Path, exc: OSError) -> DiffrunError:
     if exc.errno in _DISK_BROKEN:
         return DiskError(f"cannot write {path}: {exc.strerror or exc}", code="io")
     return UsageError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+# Temp files (and folders) being written right now: what a hard exit on a second Ctrl-C removes
+# (engine/signals.py). Only the registry lives here; the writers below add and drop their paths.
+_IN_FLIGHT: set[str] = set()
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+def in_flight() -> list[str]:
+    """The temp paths being written right now."""
+    with _IN_FLIGHT_LOCK:
+        return sorted(_IN_FLIGHT)
+
+
+def track(path: str | Path) -> None:
+    with _IN_FLIGHT_LOCK:
+        _IN_FLIGHT.add(str(path))
+
+
+def untrack(path: str | Path) -> None:
+    with _IN_FLIGHT_LOCK:
+        _IN_FLIGHT.discard(str(path))
+
+
+@contextmanager
+def tracked(path: str | Path) -> Iterator[None]:
+    """`path` is in flight while the block runs (removing it stays the block's job)."""
+    track(path)
+    try:
+        yield
+    finally:
+        untrack(path)
 
 
 def exists_error(path: str | Path) -> OutputExistsError:
@@ -99,6 +132,7 @@ def atomic_path(target: str | Path, *, overwrite: bool = False) -> Iterator[str]
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     except OSError as e:
         raise write_error(path, e) from e
+    track(tmp)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
@@ -106,9 +140,11 @@ def atomic_path(target: str | Path, *, overwrite: bool = False) -> Iterator[str]
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         publish(tmp, path, overwrite=overwrite)
+        untrack(tmp)
     except BaseException as e:
         with suppress(OSError):
             os.unlink(tmp)
+        untrack(tmp)
         if isinstance(e, OSError):
             raise write_error(path, e) from e
         raise

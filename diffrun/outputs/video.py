@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from diffrun.errors import UsageError
-from diffrun.outputs.atomic import atomic_path, atomic_write, write_stdout
+from diffrun.outputs.atomic import atomic_path, atomic_write, tracked, write_stdout
 from diffrun.outputs.formats import check_extension, default_extension, import_ffmpeg
 from diffrun.outputs.images import as_pil, check_quality, embeddable_metadata
 from diffrun.outputs.metadata import recipe_json
@@ -72,6 +73,11 @@ def _encode_mp4(frames: list, path: str, recipe: dict, fps: float, quality: int 
     try:
         for array in arrays:
             writer.send(array.tobytes())
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # Ctrl-C: imageio then kills ffmpeg rather than wait for it
+            with contextlib.suppress(BaseException):
+                writer.throw(exc)
+        raise
     finally:
         writer.close()
 
@@ -101,7 +107,7 @@ def write_video(
     rgb = _rgb_frames(list(frames))
     if ext == ".mp4":
         if to_stdout:
-            with tempfile.TemporaryDirectory(prefix="diffrun-") as folder:
+            with tempfile.TemporaryDirectory(prefix="diffrun-") as folder, tracked(folder):
                 path = str(Path(folder) / "video.mp4")
                 _encode_mp4(rgb, path, recipe, fps, quality)
                 return write_stdout(Path(path).read_bytes(), stdout)

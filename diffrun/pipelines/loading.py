@@ -172,6 +172,7 @@ def load_model(options: ModelOptions, on_progress: Callable[[str], None] | None 
     say = on_progress or (lambda _message: None)
     start = time.perf_counter()
     ref = check_model_ref(options.model, options.revision)  # before torch: a bad reference fails at once
+    runtime.apply_threads(options.threads)  # before torch does any parallel work
     device = runtime.resolve_device(options.device)
     dtype = runtime.resolve_dtype(options.dtype, device)
     offload = runtime.check_offload(options.offload, device)

@@ -28,6 +28,8 @@ class ModelOptions:
     """A class name from pipe.scheduler.compatibles, e.g. "EulerDiscreteScheduler"."""
     loras: list[tuple[str, float]] = field(default_factory=list)
     """(reference, scale) pairs."""
+    threads: int | None = None
+    """torch CPU threads; None: OMP_NUM_THREADS if set, else runtime.default_threads (set on every device)."""
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,74 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
             line = line.strip()
             return line if len(line) <= limit else line[: limit - 1] + "…"
     return type(exc).__name__
+
+
+# -- CPU threads -------------------------------------------------------------------------------------
+
+_THREADS: dict[str, int] = {}
+"""What apply_threads saw and did in this process: torch's own default, the count set."""
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, cut to a cgroup v2 CPU quota where one is set."""
+    import os
+
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def default_threads(torch_default: int, cpus: int | None = None) -> int:
+    """diffrun's choice: one CPU left to the loader, writer and main Python threads, never more than
+    torch's own choice. On 2 cores that is 1, which bench/threads.py measured faster than torch's 2
+    (README); where CPUs are plenty it is torch's own count."""
+    cpus = usable_cpus() if cpus is None else cpus
+    return max(1, min(torch_default, cpus - 1))
+
+
+def _env_threads() -> int | None:
+    """OMP_NUM_THREADS, when the user set it: torch already obeys it, so it stands as the default."""
+    import os
+
+    try:
+        value = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set torch's CPU threads (`threads`, else OMP_NUM_THREADS, else `default_threads`); return the count.
+
+    Call before torch does parallel work: intra-op threads may change later, inter-op threads only
+    once per process (set here to the same count the first time)."""
+    import torch
+
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, not {threads}")
+    torch_default = _THREADS.setdefault("torch_default", torch.get_num_threads())
+    count = threads or _env_threads() or default_threads(torch_default)
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    if "interop" not in _THREADS:
+        _THREADS["interop"] = count
+        with contextlib.suppress(RuntimeError):  # inter-op work already started here: it keeps its pool
+            torch.set_num_interop_threads(count)
+    _THREADS["threads"] = count
+    return count
+
+
+def cpu_threads() -> int:
+    """The CPU thread count torch uses now (what the recipe records)."""
+    import torch
+
+    return torch.get_num_threads()

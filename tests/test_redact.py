@@ -58,7 +58,8 @@ def test_what_is_kept_and_what_is_not() -> None:
     assert redact_url("https://cdn.example:8443/p/a.png?w=512&fit=crop#frag") == (
         "https://cdn.example:8443/p/a.png?w=512&fit=crop", [])  # harmless query kept, fragment never
     assert redact_url("https://u:p@h.example/a.png") == ("https://h.example/a.png", ["userinfo"])
-    assert redact_url("https://h.example/a.png?monkey=1&keyword=x") == ("https://h.example/a.png?monkey=1&keyword=x", [])
+    harmless = "https://h.example/a.png?monkey=1&keyword=x"
+    assert redact_url(harmless) == (harmless, [])
     assert redact_url("https://h.example/a.png?X%2DAmz%2DSignature=1")[0] == "https://h.example/a.png"  # %-encoded
     # urllib3 ends the host at a backslash: the real host is shown, the decoy is not taken for userinfo
     assert strip_credentials("http://127.0.0.1:9\\@allowed.example/png").startswith("http://127.0.0.1:9\\@")
@@ -117,7 +118,11 @@ def test_info_lines_print_outside_text_literally(monkeypatch: pytest.MonkeyPatch
     buffer = io.StringIO()
     monkeypatch.setattr(console, "err", Console(file=buffer, force_terminal=True, width=200, highlight=False))
     console.info("wrote o[final][/x]\x1b]0;title\x07.png")
-    assert buffer.getvalue().strip() == "wrote o[final][/x]?]0;title?.png"
+    console.error("ConnectionError: for url https://h/a.png?sig=SECRETSIG1 [/b]", "x" * 5000)
+    lines = buffer.getvalue().splitlines()
+    assert lines[0] == "wrote o[final][/x]?]0;title?.png"
+    assert lines[1].endswith(" ConnectionError: for url https://h/a.png [/b]")  # a library's text: redacted
+    assert len(lines[2]) < 1100 and len(lines) == 3
 
 
 def test_progress_bar_shows_status_and_descriptions_as_plain_text(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,10 +174,12 @@ def reasons() -> Iterator[str]:
 def hostile(tmp_path: Path, server, reasons: str) -> dict[str, str]:
     """Every hostile reference, by name; the files and routes they need exist."""
     (tmp_path / "img[final].png").write_bytes(png((32, 32)))
-    server.add("/many-gzip.png", png(), content_type="image/png", headers={"Content-Encoding": ", ".join(["gzip"] * 1000)})
+    server.add("/many-gzip.png", png(), content_type="image/png",
+               headers={"Content-Encoding": ", ".join(["gzip"] * 1000)})
+    server.add("/denied.png", b"no", status=403)
     return {"brackets": reasons + "/brackets.png", "esc": reasons + "/esc.png",
             "missing": str(tmp_path / "missing[/x].png"), "final": str(tmp_path / "img[final].png"),
-            "gzip": server.url("/many-gzip.png")}
+            "gzip": server.url("/many-gzip.png"), "denied": signed(server.url("/denied.png"))}
 
 
 def check_printed(proc, code: int) -> tuple[str, str]:
@@ -188,7 +195,8 @@ def test_inspect_prints_hostile_names_and_server_text_literally(hostile: dict[st
     proc = diffrun("inspect", "--json", "--retries", "0", *hostile.values())
     out, err = check_printed(proc, 3)
     assert "HTTP 599 [/]" in err and "HTTP 599 ?]0;pwned??[31mred?[0m" in err
-    assert "missing[/x].png: not found" in err
+    assert "missing[/x].png: not found" in err and "/denied.png: HTTP 403" in err
+    assert_no_secrets(proc.stdout + proc.stderr, "inspect's output")
     records = {r["source"]: r for r in map(json.loads, out.splitlines())}
     assert records[hostile["final"]]["ok"]
     assert "pwned" in records[hostile["esc"]]["error"]
@@ -203,28 +211,29 @@ def test_inspect_table_shows_hostile_names_literally(hostile: dict[str, str]) ->
 
 
 def test_generate_prints_hostile_inputs_literally(hostile: dict[str, str], tiny_sd: Path, tmp_path: Path) -> None:
-    for name, said in (("brackets", "HTTP 599 [/]"), ("esc", "HTTP 599 ?]0;pwned?"), ("missing", "missing[/x].png")):
+    for name, said in (("brackets", "HTTP 599 [/]"), ("esc", "HTTP 599 ?]0;pwned?"), ("missing", "missing[/x].png"),
+                       ("denied", "/denied.png: HTTP 403")):
         proc = diffrun("generate", "-m", str(tiny_sd), *FAST, "-p", "fox", "-i", hostile[name],
-                       "-o", str(tmp_path / "g.png"))
-        _, err = check_printed(proc, 3)
+                       "-o", str(tmp_path / "g.png"), "--json")
+        out, err = check_printed(proc, 3)
         assert said in err.splitlines()[0], err
+        assert json.loads(out)["status"] == "error"
+        assert_no_secrets(proc.stdout + proc.stderr, f"generate's output ({name})")
 
 
-def batch_rows(hostile: dict[str, str], out: Path, signed_ok: str, signed_denied: str) -> list[dict]:
+def batch_rows(hostile: dict[str, str], out: Path, signed_ok: str) -> list[dict]:
     rows = [{"id": name, "image": ref} | ({"output": str(out / "o[final].png")} if name == "final" else {})
             for name, ref in hostile.items()]
-    return [*rows, {"id": "signed", "image": signed_ok, "output": str(out / "signed.jpg")},
-            {"id": "denied", "image": signed_denied}]
+    return [*rows, {"id": "signed", "image": signed_ok, "output": str(out / "signed.jpg")}]
 
 
 @pytest.mark.slow
 def test_batch_keeps_secrets_out_and_prints_hostile_text_literally(
         hostile: dict[str, str], tiny_sd: Path, tmp_path: Path, server) -> None:
     server.add("/signed.png", png((32, 32)), content_type="image/png")
-    server.add("/denied.png", b"no", status=403)
     out, saved = tmp_path / "out", tmp_path / "saved"
     manifest = tmp_path / "jobs.jsonl"
-    rows = batch_rows(hostile, out, signed(server.url("/signed.png")), signed(server.url("/denied.png")))
+    rows = batch_rows(hostile, out, signed(server.url("/signed.png")))
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     dry = diffrun("batch", str(manifest), "--dry-run", "--retries", "0", "-o", str(out))

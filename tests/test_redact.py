@@ -116,7 +116,8 @@ def test_from_keeps_repeatable_inputs() -> None:
 
 def test_info_lines_print_outside_text_literally(monkeypatch: pytest.MonkeyPatch) -> None:
     buffer = io.StringIO()
-    monkeypatch.setattr(console, "err", Console(file=buffer, force_terminal=True, width=200, highlight=False))
+    term = Console(file=buffer, force_terminal=True, width=200, highlight=False, soft_wrap=True)
+    monkeypatch.setattr(console, "err", term)
     console.info("wrote o[final][/x]\x1b]0;title\x07.png")
     console.error("ConnectionError: for url https://h/a.png?sig=SECRETSIG1 [/b]", "x" * 5000)
     lines = buffer.getvalue().splitlines()

@@ -255,6 +255,8 @@ def test_batch_keeps_secrets_out_and_prints_hostile_text_literally(
         assert_no_secrets(where.read_bytes(), where.name)
     assert_no_secrets(proc.stdout + proc.stderr, "the batch's output")
 
+    jpg = (out / "signed.jpg").read_bytes()  # the recipe is in its EXIF and its XMP, the secrets are not
+    assert jpg.count(b"/signed.png") == 2
     recipe = json.loads((out / "signed.jpg.json").read_text())
     assert recipe["inputs"]["image"][0]["source"] == server.url("/signed.png")
     assert recipe["inputs"]["image"][0]["redacted"] == ["userinfo", "query"]

@@ -203,8 +203,6 @@ def test_inspect_prints_hostile_names_and_server_text_literally(hostile: dict[st
     assert "pwned" in records[hostile["esc"]]["error"]
 
 
-@pytest.mark.xfail(strict=True, reason="inspect.py's table still adds its source cell as markup (loaders' file): "
-                                       "needs rich.text.Text(record['source']) there")
 def test_inspect_table_shows_hostile_names_literally(hostile: dict[str, str]) -> None:
     proc = diffrun("inspect", "--retries", "0", hostile["missing"], hostile["final"])
     out, err = check_printed(proc, 3)

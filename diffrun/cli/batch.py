@@ -270,10 +270,10 @@ class _RateColumn(ProgressColumn):
 def _progress(show: bool) -> Progress:
     """A bar on a terminal; plain lines off one (`--progress`); nothing when not `show`."""
     return make_progress(
-        show, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        show, console.PlainColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("[green]{task.fields[ok]} ok[/green] [red]{task.fields[failed]} failed[/red] "
                    "{task.fields[skipped]} skipped"),
-        _RateColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+        _RateColumn(), TimeRemainingColumn(), console.PlainColumn("{task.fields[status]}"),
         detail=_counts,
     )
 

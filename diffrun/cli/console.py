@@ -22,6 +22,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from diffrun.loaders.redact import redact_text
+
 
 def stdout_is_terminal() -> bool:
     """True when stdout is a terminal (False when it is a file, a pipe, or closed)."""
@@ -64,12 +66,14 @@ class State:
 
 
 def info(message: str) -> None:
+    """A log line on stderr (not with -q), printed as plain text: outside strings in it are safe."""
     if not State.quiet:
-        err.print(escape(message))
+        err.print(_line(message))
 
 
 def _line(text: str) -> str:
-    return escape(clean(text.replace("\n", " ").replace("\t", " "), limit=2 * MAX_TEXT))
+    """One printable line for rich: URL credentials removed, controls replaced, capped, markup escaped."""
+    return escape(clean(redact_text(text.replace("\n", " ").replace("\t", " ")), limit=2 * MAX_TEXT))
 
 
 def warn(message: str) -> None:
@@ -101,6 +105,17 @@ def show_progress(force: bool = False) -> bool:
     return not State.quiet and (force or err.is_terminal)
 
 
+class PlainColumn(TextColumn):
+    """A progress column showing a task's text as plain text (no markup), cleaned: descriptions and
+    status fields carry outside strings (a model path, a Ray address)."""
+
+    def __init__(self, text_format: str) -> None:
+        super().__init__(text_format, markup=False)
+
+    def render(self, task: Task) -> Text:
+        return Text(clean(self.text_format.format(task=task).replace("\n", " ")))
+
+
 class _StepsColumn(MofNCompleteColumn):
     """`3/20` once the total is known; nothing while it is not (a spinner says enough)."""
 
@@ -112,5 +127,5 @@ def make_progress(enabled: bool, *, transient: bool = True) -> Progress:
     """generate's progress: a bar on a terminal, plain lines (`--progress`) off one, nothing when not `enabled`."""
     from diffrun.cli import progress
 
-    return progress.make(enabled, SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), _StepsColumn(),
+    return progress.make(enabled, SpinnerColumn(), PlainColumn("{task.description}"), BarColumn(), _StepsColumn(),
                          TimeElapsedColumn(), unit="steps", transient=transient)

@@ -15,6 +15,7 @@ from diffrun.cli import model_options as mo
 from diffrun.cli.options import OUTPUT, SAMPLING
 from diffrun.errors import DiffrunError, UsageError
 from diffrun.jobs import Job
+from diffrun.loaders.redact import display_ref, log_message
 
 
 def generate(
@@ -103,7 +104,8 @@ def generate(
                        sidecar=sidecar, show=console.show_progress(progress))
     except DiffrunError as exc:
         if json_out:
-            console.emit_json({"status": "error", "exit": int(exc.exit), "error": exc.message, "seeds": job.seeds})
+            console.emit_json({"status": "error", "exit": int(exc.exit), "error": log_message(exc.message),
+                               "seeds": job.seeds})
         raise
     if json_out:
         console.emit_json(summary)
@@ -117,7 +119,7 @@ def generate(
 def _from_recipe(path: Path, flags: Job) -> tuple[Job, str | None]:
     """The recipe's job with every flag the user gave laid over it."""
     from diffrun import outputs
-    from diffrun.engine.jobrun import job_from_recipe
+    from diffrun.engine.jobrun import job_from_recipe, unrepeatable_inputs
 
     recipe = outputs.read_recipe(path)
     job = job_from_recipe(recipe)
@@ -127,7 +129,16 @@ def _from_recipe(path: Path, flags: Job) -> tuple[Job, str | None]:
                 job.params.update(value)
             else:
                 setattr(job, name, value)
+    given = {"image": bool(flags.image), "mask_image": bool(flags.mask)}
+    for name, (what, source) in unrepeatable_inputs(recipe).items():
+        if not given.get(name, name in flags.inputs):
+            flag = _INPUT_FLAGS.get(name, f"--input {name}=REF")
+            raise UsageError(
+                f"--from {path}: input {name} was {what} ({display_ref(source)})", hint=f"give it again: {flag}")
     return job, recipe.get("model")
+
+
+_INPUT_FLAGS = {"image": "-i/--image REF", "mask_image": "--mask REF"}
 
 
 def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool, quality: int | None,

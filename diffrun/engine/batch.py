@@ -105,13 +105,17 @@ class _Ready:
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
-    """A failure as results lines and --json carry it: category, code, exit, message, hint."""
+    """A failure as results lines and --json carry it: category, code, exit, message, hint (messages
+    capped, URLs in them without credentials: they may quote a server or a library)."""
+    from diffrun.loaders.redact import log_message
+
     if isinstance(exc, DiffrunError):
-        info = {"category": exc.category, "code": exc.code, "exit": int(exc.exit), "message": exc.message}
+        info = {"category": exc.category, "code": exc.code, "exit": int(exc.exit), "message": log_message(exc.message)}
         if exc.hint:
-            info["hint"] = exc.hint
+            info["hint"] = log_message(exc.hint)
         return info
-    return {"category": "internal", "code": "internal", "exit": 70, "message": f"{type(exc).__name__}: {exc}"}
+    return {"category": "internal", "code": "internal", "exit": 70,
+            "message": log_message(f"{type(exc).__name__}: {exc}")}
 
 
 def _record(job: Job, status: str, **extra: Any) -> dict[str, Any]:

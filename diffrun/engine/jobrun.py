@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from diffrun import __version__, outputs
 from diffrun.jobs import CALL_ARGUMENTS, Job
 from diffrun.loaders import FetchPolicy, LoadedInput, load_input
+from diffrun.loaders.redact import display_ref, redact_url
 
 if TYPE_CHECKING:
     from diffrun.pipelines import LoadedModel, Output, Request
@@ -25,6 +26,8 @@ class JobInputs:
 
     images: dict[str, list[LoadedInput]] = field(default_factory=dict)
     seconds: float = 0.0
+    refs: dict[str, list[Any]] = field(default_factory=dict)
+    """The references as the job gave them: recipes record these (redacted), not the shortened display."""
 
     def for_pipeline(self) -> dict[str, Any]:
         """Argument name -> PIL image, or a list of them when the job gave several."""
@@ -34,28 +37,66 @@ class JobInputs:
     def hashes(self) -> dict[str, list[str]]:
         return {name: [i.sha256 for i in items] for name, items in self.images.items()}
 
-    def describe(self) -> dict[str, list[dict[str, str]]]:
-        """For recipes: each input's shown source and sha256."""
-        return {name: [{"source": _absolute(i.source), "sha256": i.sha256} for i in items]
-                for name, items in self.images.items()}
+    def describe(self) -> dict[str, list[dict[str, Any]]]:
+        """For recipes: each input's recorded source (see `recorded_source`) and sha256."""
+        described: dict[str, list[dict[str, Any]]] = {}
+        for name, items in self.images.items():
+            refs = self.refs.get(name) or []
+            described[name] = [{**recorded_source(refs[i] if i < len(refs) else item.source), "sha256": item.sha256}
+                               for i, item in enumerate(items)]
+        return described
 
 
-def _absolute(source: str) -> str:
-    """Local files are recorded by absolute path, so a recipe reruns from any folder."""
-    if "://" in source or source.startswith(("data:", "<")) or source == "-":
-        return source
-    path = Path(source).expanduser()
-    return str(path.resolve()) if path.is_file() else source
+def recorded_source(ref: Any) -> dict[str, Any]:
+    """How a recipe records an input: {"source": ...}, plus "redacted": [...] when credentials were left out.
+
+    URLs as scheme://host/path (their query only when no key is a credential; never user:password@ or the
+    #fragment), local files by absolute path (a recipe reruns from any folder), data URIs, bytes and
+    images by their shortened display form (their sha256 says what they were)."""
+    if not isinstance(ref, str) or ref[:5].lower() == "data:" or ref.startswith("<"):
+        return {"source": display_ref(ref)}
+    if "://" in ref:
+        source, removed = redact_url(ref)
+        return {"source": source, "redacted": removed} if removed else {"source": source}
+    if ref == "-":
+        return {"source": ref}
+    path = Path(ref).expanduser()
+    return {"source": str(path.resolve()) if path.is_file() else ref}
+
+
+_UNREPEATABLE = {"query": "a signed URL, recorded without its query", "data:": "a data: URI, recorded without its data",
+                 "userinfo": "a URL with a user name and password, recorded without them",
+                 "<": "bytes or an image passed in, recorded by sha256 only"}
+
+
+def unrepeatable_inputs(recipe: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Inputs a recipe cannot load again: argument name -> (what it was, its recorded source).
+
+    A signed URL is recorded without its signature and a data URI without its data, so `--from` asks
+    for them again instead of fetching a URL that now answers 403 or decoding a shortened string."""
+    found: dict[str, tuple[str, str]] = {}
+    for name, items in (recipe.get("inputs") or {}).items():
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            source = str(item.get("source", ""))
+            redacted = item.get("redacted") or []
+            kind = next((key for key in ("query", "userinfo") if key in redacted), None)
+            kind = kind or next((key for key in ("data:", "<") if source.lower().startswith(key)), None)
+            if kind is not None:
+                found.setdefault(name, (_UNREPEATABLE[kind], source))
+    return found
 
 
 def load_job_inputs(job: Job, policy: FetchPolicy, save_dir: Path | None = None) -> JobInputs:
     """Load every input of the job; the first one that fails raises InputError (exit 3)."""
     start = time.perf_counter()
     loaded: dict[str, list[LoadedInput]] = {}
-    for name, refs in job.references().items():
+    references = job.references()
+    for name, refs in references.items():
         mode = "L" if name in MASK_ARGUMENTS else "RGB"
         loaded[name] = [load_input(ref, policy, mode=mode, save_dir=save_dir) for ref in refs]
-    return JobInputs(loaded, time.perf_counter() - start)
+    return JobInputs(loaded, time.perf_counter() - start, references)
 
 
 def job_requests(job: Job, inputs: JobInputs) -> list[Request]:

@@ -86,7 +86,7 @@ def pack_inputs(inputs: jobrun.JobInputs) -> bytes:
     """The decoded inputs, pickled without their original bytes (only their sha256 travels)."""
     slim = {name: [replace(item, data=b"", digest=item.sha256) for item in items]
             for name, items in inputs.images.items()}
-    return pickle.dumps(jobrun.JobInputs(slim, inputs.seconds), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(replace(inputs, images=slim), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 _watchers: dict[Any, FlagWatcher] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import shutil
 import socket
 import ssl
@@ -324,10 +325,11 @@ def test_cli_refuses_an_invalid_allow_host_as_a_usage_error():
 def test_cli_backslash_decoy_is_refused_naming_the_real_host(server):
     server.add("/%5C@allowed.example/png", b"data")
     url = f"http://127.0.0.1:{server.port}\\@allowed.example/png"
-    result = diffrun("inspect", url, "--allow-host", "allowed.example", timeout=60)
+    result = diffrun("inspect", url, "--allow-host", "allowed.example", "--json", timeout=60)
     stderr = result.stderr.decode()
     assert result.returncode == Exit.INPUT
     assert "a connection would go to 127.0.0.1, not allowed.example" in stderr
     assert f"error: http://127.0.0.1:{server.port}\\@allowed.example/png: not a valid URL" in stderr
-    assert result.stdout == b""
+    row = json.loads(result.stdout)  # one row, nothing loaded
+    assert row["ok"] is False and row["code"] == "invalid_url" and row["bytes"] is None
     assert server.log == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -383,11 +384,12 @@ def test_backoff_past_the_deadline_says_what_failed(unused_port_url):
 @pytest.mark.timeout(120)
 def test_cli_deadline_against_a_trickling_body(server):
     url = server.add("/drip.png", b"x" * 200, always="trickle_body", trickle=0.3)
-    result = diffrun("inspect", url, "--deadline", "2", "--timeout", "1", timeout=60)
+    result = diffrun("inspect", url, "--deadline", "2", "--timeout", "1", "--json", timeout=60)
     assert result.returncode == Exit.INPUT
     lines = result.stderr.decode().splitlines()
     assert f"error: {url}: deadline of 2 s exceeded reading the body" in lines[0]
-    assert result.stdout == b""
+    row = json.loads(result.stdout)  # one row: the input failed at its deadline
+    assert row["ok"] is False and row["code"] == "deadline"
 
 
 # --- HTTP parts of issue 10, item 17 ------------------------------------------------------------------

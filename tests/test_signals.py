@@ -55,7 +55,10 @@ def assert_interrupted(code: int, stderr: bytes) -> None:
 def test_sigterm_while_fetching_an_input(server, tmp_path: Path) -> None:
     url = server.add("/slow.png", body=SAMPLE.read_bytes(), content_type="image/png", always="slow", slow=60)
     out = tmp_path / "out"
-    proc = console_script("generate", "-m", str(tmp_path / "no-model"), "-p", "x", "-i", url, "-o", str(out / "a.png"))
+    model = tmp_path / "no-weights"  # passes the model-reference check; the fetch comes before any load
+    model.mkdir()
+    (model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    proc = console_script("generate", "-m", str(model), "-p", "x", "-i", url, "-o", str(out / "a.png"))
     wait_until(proc, lambda: server.count("/slow.png") > 0, "the fetch")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, typer.Abort):
         console.error("interrupted")
         code = Exit.INTERRUPTED
+    except MemoryError:  # e.g. a size or count no pipeline can hold: the out-of-memory exit, not a bug
+        console.error("out of memory", "try smaller sizes, fewer images per job, or --debug for where")
+        code = Exit.OUT_OF_MEMORY
     except BrokenPipeError:
         # The reader of stdout went away (`| head`): not an error of ours.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -271,5 +271,4 @@ def _describe_non_image(head: bytes) -> str:
         decoded = head[: e.start].decode("utf-8") if e.start >= len(head) - 3 else ""
     if decoded and all(c.isprintable() or c in "\t\r\n" for c in decoded):
         return "not an image (looks like text)"
-    shown = head[:8].hex(" ")
-    return f"not an image: unrecognised data (first bytes {shown})"
+    return "not an image (unrecognised binary data)"  # never its bytes: the file may hold secrets

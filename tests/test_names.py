@@ -180,9 +180,7 @@ def test_overwrite_allows_existing_targets(tmp_path):
 def test_template_format_specs_and_conversions_are_refused(tmp_path, template):
     with pytest.raises(UsageError, match="only bare fields"):
         plan(str(tmp_path / template), tmp_path, job_id="j")
-
-
-def test_template_zero_padded_width_on_numbers_is_allowed(tmp_path):
+    # A zero-padded width (up to 99) on the numbers is the one spec allowed.
     names = plan(str(tmp_path / "{seed:06}-{index:03d}.png"), tmp_path, seeds=[42], per_seed=2)
     assert [Path(n).name for n in names] == ["000042-000.png", "000042-001.png"]
 

@@ -98,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         _show_cli_error(exc)
         code = Exit.USAGE
-    except (KeyboardInterrupt, typer.Abort):
-        console.error("interrupted")
-        code = Exit.INTERRUPTED
     except MemoryError:  # e.g. a size or count no pipeline can hold: the out-of-memory exit, not a bug
         console.error("out of memory", "try smaller sizes, fewer images per job, or --debug for where")
         code = Exit.OUT_OF_MEMORY
+    except (KeyboardInterrupt, typer.Abort):
+        console.error("interrupted")
+        code = Exit.INTERRUPTED
     except BrokenPipeError:
         # The reader of stdout went away (`| head`): not an error of ours.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -167,11 +167,12 @@ def batch(
     if manifest_format not in ("auto", "jsonl", "csv"):
         raise UsageError(f"--manifest-format: {manifest_format!r} is not one of auto, jsonl, csv")
     folder, template, log_path = output_plan(output, results)
-    defaults = jo.check_job(jo.job_from_options(
+    defaults = jo.job_from_options(
         prompt=prompt, negative_prompt=negative_prompt, image=image, mask=mask, input_=input_, param=param,
         seed=seed, steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames,
         fps=fps, num_images=num_images, output=template,
-    ), max_images)
+    )
+    jo.check_job(defaults, max_images)
     if "-" in defaults.image or defaults.mask == "-":
         raise UsageError("batch inputs cannot come from stdin (-)")
     policy = options.fetch_policy(
@@ -196,7 +197,8 @@ def batch(
     config = engine.BatchConfig(
         model=runtime, policy=policy, output_dir=folder, results=log_path, prefetch=prefetch, batch_size=batch_size,
         overwrite=overwrite, quality=quality, sidecar=sidecar, fps=fps, save_inputs=save_inputs,
-        retry_failed=retry_failed, force=force, fail_fast=fail_fast, allow_outside_output=allow_outside_output,
+        retry_failed=retry_failed, force=force, fail_fast=fail_fast,
+        allow_outside_output=allow_outside_output,
     )
     check_model_ref(config.model.model, config.model.revision)  # before inputs, torch or Ray start
     with StopRequested() as stop, _progress(show) as bar:
@@ -318,11 +320,13 @@ def _dry_run(engine: Any, jobs: list[Job], policy: Any, log_path: Path, retry_fa
                              prefetch=max(prefetch, 8), on_result=on_result, prints=prints)
     failed = [r for r in records if r["status"] != "ok"]
     would_run = sum(r["action"] == "run" for r in records)
-    changed = sum(bool(r.get("changed")) for r in records)
     if not json_out:
         console.report(table)
-    console.info(f"{len(records)} jobs: {would_run} would run ({changed} changed since the last run), "
-                 f"{len(records) - would_run} would be skipped; {len(failed)} with inputs that fail")
+    console.info(f"{len(records)} jobs: {would_run} would run, {len(records) - would_run} would be skipped; "
+                 f"{len(failed)} with inputs that fail")
+    changed = sum(bool(r.get("changed")) for r in records)
+    if changed:
+        console.info(f"{changed} of them changed since the last run: they would be redone")
     if failed:
         raise typer.Exit(Exit.INPUT)
 

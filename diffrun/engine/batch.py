@@ -192,20 +192,7 @@ class BatchRunner:
     def run(self) -> Summary:
         start = time.perf_counter()
         try:
-            self._fingerprints = fingerprints(self.jobs, config_settings(self.config))
-            plan = resume_plan(self.jobs, self.config.results, retry_failed=self.config.retry_failed,
-                               force=self.config.force, prints=self._fingerprints)
-            self._state, todo, skip = plan.state, plan.run, plan.skip
-            self.summary.changed = len(plan.changed)
-            for job, previous in skip:
-                self.summary.skipped += 1
-                if previous["status"] == FAILED:
-                    self.summary.skipped_failed += 1
-                    self.summary.failed_earlier.append(job.id)
-                self._emit(_record(job, SKIPPED, previous=previous["status"], outputs=previous.get("outputs", []),
-                                   inputs=previous.get("inputs", {}), seed=previous.get("seed"),
-                                   seeds=previous.get("seeds", job.seeds)))
-            self._run(todo)
+            self._resume_and_run()
         finally:
             self._log.close()
             self.summary.seconds["total"] = time.perf_counter() - start
@@ -213,6 +200,22 @@ class BatchRunner:
         self.summary.not_run = self.summary.total - done
         self.summary.interrupted = self.should_stop() and self.summary.not_run > 0
         return self.summary
+
+    def _resume_and_run(self) -> None:
+        self._fingerprints = fingerprints(self.jobs, config_settings(self.config))
+        plan = resume_plan(self.jobs, self.config.results, retry_failed=self.config.retry_failed,
+                           force=self.config.force, prints=self._fingerprints)
+        self._state, todo, skip = plan.state, plan.run, plan.skip
+        self.summary.changed = len(plan.changed)
+        for job, previous in skip:
+            self.summary.skipped += 1
+            if previous["status"] == FAILED:
+                self.summary.skipped_failed += 1
+                self.summary.failed_earlier.append(job.id)
+            self._emit(_record(job, SKIPPED, previous=previous["status"], outputs=previous.get("outputs", []),
+                               inputs=previous.get("inputs", {}), seed=previous.get("seed"),
+                               seeds=previous.get("seeds", job.seeds)))
+        self._run(todo)
 
     def _load(self, job: Job) -> jobrun.JobInputs:
         return jobrun.load_job_inputs(job, self.config.policy, self.config.save_inputs)

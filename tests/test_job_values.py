@@ -115,17 +115,25 @@ print(json.dumps(results))
 
 
 def test_bad_values_on_the_command_line_are_one_line_usage_errors(tmp_path: Path) -> None:
-    """The real entry point (main) on each bad command line, in one subprocess: exit 2, one line, no model."""
+    """The real entry point (main) on each bad command line, in one subprocess: exit 2 (or 3 for an input a
+    recipe may not read), one line, no model loaded."""
     image = tmp_path / "in.png"
     from images import png
 
     image.write_bytes(png((8, 8)))
     recipe = tmp_path / "crafted.json"
     recipe.write_text(json.dumps({"model": 123, "prompt": "x", "seed": "abc", "args": ["x"]}))
+    fake_model = tmp_path / "fake-model"  # passes the reference check; never loaded (inputs fail first)
+    fake_model.mkdir()
+    (fake_model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    sneaky = tmp_path / "sneaky.json"
+    sneaky.write_text(json.dumps({"model": str(fake_model), "prompt": "x", "seed": 1,
+                                  "inputs": {"image": [{"source": "/proc/self/environ", "sha256": "0"}]}}))
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"id": "a", "prompt": "x"}\n')
     gen = ["generate", "-m", str(tmp_path / "no-model"), "-p", "x", "-o", str(tmp_path / "o.png")]
     cases = [
+        (["generate", "--from", str(sneaky), "-o", str(tmp_path / "s.png")], "may not read files in /proc", 3),
         ([*gen, "-s", "-1"], "--seed -1 is out of range"),
         ([*gen, "-s", str(2**64)], "out of range"),
         ([*gen, "-s", str(2**64 - 1), "--num-images", "2"], "passes 2**64-1"),
@@ -140,12 +148,13 @@ def test_bad_values_on_the_command_line_are_one_line_usage_errors(tmp_path: Path
         (["batch", str(manifest), "-m", "x", "-s", "-1", "-o", str(tmp_path / "b")], "--seed -1 is out of range"),
         (["batch", str(manifest), "-m", "x", "-o", str(tmp_path / "{id}-{seed:>2000000000}.png")], "only bare"),
     ]
-    proc = subprocess.run([sys.executable, "-c", _CASES, json.dumps([argv for argv, _ in cases])],
+    cases = [case if len(case) == 3 else (*case, 2) for case in cases]
+    proc = subprocess.run([sys.executable, "-c", _CASES, json.dumps([case[0] for case in cases])],
                           capture_output=True, env=cli_env(), cwd=tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    for (argv, words), (code, err) in zip(cases, json.loads(proc.stdout), strict=True):
+    for (argv, words, expected), (code, err) in zip(cases, json.loads(proc.stdout), strict=True):
         lines = [line for line in err.splitlines() if line.strip()]
-        assert code == 2, (argv, err)
+        assert code == expected, (argv, err)
         assert lines and lines[0].startswith("error: ") and words in lines[0], (argv, err)
         assert len(lines) <= 2 and "Traceback" not in err, (argv, err)  # the error line and at most a hint
-    assert not list(tmp_path.glob("o*.png")) and not (tmp_path / "b").exists()
+    assert not [p for p in tmp_path.glob("*.png") if p != image] and not (tmp_path / "b").exists()

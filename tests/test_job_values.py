@@ -70,7 +70,7 @@ def test_loader_limits_and_sizes_that_would_overflow_are_usage_errors() -> None:
     ({"seed": "abc"}, "seed must be a non-negative integer"),
     ({"seed": 1, "index": -1}, "index must be"),
     ({"args": ["a", "list"]}, "args must be an object"),
-    ({"args": {"num_inference_steps": "ten"}}, "args.num_inference_steps must be a number"),
+    ({"args": {"num_inference_steps": "ten"}}, "args.num_inference_steps must be an integer"),
     ({"model": 123}, "model must be a string"),
     ({"prompt": ["x"]}, "prompt must be a string"),
     ({"inputs": {"image": [{"sha256": "ab"}]}}, "inputs.image must be a list"),

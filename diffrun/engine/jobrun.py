@@ -161,7 +161,8 @@ def job_from_recipe(recipe: dict) -> Job:
             key = _ARGUMENT_FIELDS[name]
             number = (int, float) if key in ("guidance", "strength") else int
             if value is not None and (isinstance(value, bool) or not isinstance(value, number)):
-                raise _bad_recipe(f"args.{name} must be a number, got {_shown(value)}")
+                kind = "a number" if key in ("guidance", "strength") else "an integer"
+                raise _bad_recipe(f"args.{name} must be {kind}, got {_shown(value)}")
             setattr(job, key, value)
         else:
             job.params[name] = value

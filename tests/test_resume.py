@@ -127,6 +127,7 @@ def test_a_changed_job_is_redone_replacing_its_own_output_and_counted(monkeypatc
     summary, records = run([Job(id="a", prompt="red fox", seeds=[7]), Job(id="b", prompt="owl", seeds=[2])], config)
     assert (summary.ok, summary.skipped, summary.changed) == (1, 1, 1)
     assert records["a"]["status"] == "ok" and records["b"]["status"] == "skipped"
+    assert records["a"]["changed"] is True and "changed" not in records["b"]
     assert (config.output_dir / "a.png").read_text() == "made by a: red fox"
     config.model = ModelOptions(model="fake", scheduler="EulerDiscreteScheduler")  # a command-line change: all
     summary, _ = run([Job(id="a", prompt="red fox", seeds=[7]), Job(id="b", prompt="owl", seeds=[2])], config)

@@ -166,6 +166,7 @@ class BatchRunner:
         self._write_error: BaseException | None = None
         self._write_slots = threading.BoundedSemaphore(WRITE_AHEAD)
         self._fingerprints: dict[str, str] = {}
+        self._changed: set[str] = set()
         self._state: dict[str, dict[str, Any]] | None = None  # the log's settled lines, read when first needed
 
     # -- results -------------------------------------------------------------------------------
@@ -173,6 +174,8 @@ class BatchRunner:
         with self._emit_lock:  # the main thread (failures) and the writer thread (results) both emit
             if record["id"] in self._fingerprints:  # the settings the line was made with (resume compares them)
                 record.setdefault("fingerprint", self._fingerprints[record["id"]])
+            if record["id"] in self._changed and record["status"] != SKIPPED:
+                record.setdefault("changed", True)  # redone because its settings changed since its last line
             self._log.append(record)
             self.on_result(record)
 
@@ -206,6 +209,7 @@ class BatchRunner:
         plan = resume_plan(self.jobs, self.config.results, retry_failed=self.config.retry_failed,
                            force=self.config.force, prints=self._fingerprints)
         self._state, todo, skip = plan.state, plan.run, plan.skip
+        self._changed = set(plan.changed)
         self.summary.changed = len(plan.changed)
         for job, previous in skip:
             self.summary.skipped += 1

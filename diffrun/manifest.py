@@ -1,7 +1,13 @@
 """Batch manifests: JSON Lines or CSV rows -> validated Jobs, every problem reported at once.
 
 A row has the fields of `generate`'s options; the command line's options are every row's defaults.
-Relative paths in a row (inputs, output) resolve against the manifest's folder.
+Relative input paths in a row resolve against the manifest's folder; a relative `output` resolves
+against the output folder (`-o`), and every output must land inside that folder (after templates,
+`~`, `..` and symlinked folders) unless `allow_outside_output`.
+
+Reading never loses a row or crashes on one: an unterminated CSV quote, a cell of any size, JSON
+nested too deeply, repeated JSON keys, a NUL in `output`, invalid UTF-8 (a UTF-8 BOM is dropped) are
+each a problem with its line number, all reported together before any work.
 
 Ids: a row without `id` gets `row-<12 hex>`, the sha256 of the row's own fields (canonical JSON),
 so inserting or reordering rows does not change the ids of the others (resume relies on that);
@@ -12,10 +18,9 @@ same manifest uses the same seeds.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
+import math
 import os
 import re
 import sys
@@ -23,8 +28,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from diffrun.errors import ManifestError
-from diffrun.jobs import Job
+from diffrun.errors import ManifestError, UsageError
+from diffrun.jobs import DEFAULT_MAX_IMAGES, Job, job_problems
+from diffrun.manifest_rows import MAX_DEPTH, decode_manifest, detect_format, read_rows
+from diffrun.manifest_rows import RowProblem as _Bad
+from diffrun.manifest_rows import json_value as _json
+from diffrun.manifest_rows import type_name as _type
+from diffrun.outputs.names import is_inside, template_fields
+
+__all__ = ["FIELDS", "MAX_DEPTH", "Manifest", "content_id", "decode_manifest", "detect_format", "load_manifest",
+           "parse_manifest", "read_rows", "resolve_ref", "row_job"]
 
 FIELDS = (
     "id", "prompt", "negative_prompt", "image", "mask", "inputs", "params", "seed", "steps", "guidance",
@@ -47,74 +60,10 @@ class Manifest:
     format: str
 
 
-class _Bad(Exception):
-    """One problem with one field of one row."""
-
-
-def detect_format(name: str, text: str) -> str:
-    """`jsonl` or `csv`: from the file name's suffix, else from the first non-blank character."""
-    suffix = Path(name).suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return "jsonl"
-    if suffix in (".csv", ".tsv"):
-        return "csv"
-    for line in text.splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            return "jsonl" if line.lstrip().startswith("{") else "csv"
-    return "jsonl"
-
-
-def read_rows(text: str, fmt: str) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str]]]:
-    """(line, row) pairs and (line, problem) pairs. JSONL skips blank and `#` lines; CSV has a header."""
-    rows: list[tuple[int, dict[str, Any]]] = []
-    problems: list[tuple[int, str]] = []
-    if fmt == "jsonl":
-        for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append((number, f"not valid JSON: {e.msg} (column {e.colno})"))
-                continue
-            if not isinstance(value, dict):
-                problems.append((number, f"expected a JSON object, got {_type(value)}"))
-                continue
-            rows.append((number, value))
-        return rows, problems
-    if fmt != "csv":
-        raise ValueError(f"unknown manifest format {fmt!r}")
-    reader = csv.reader(io.StringIO(text), delimiter="\t" if "\t" in text.split("\n", 1)[0] else ",")
-    header: list[str] | None = None
-    for cells in reader:
-        number = reader.line_num
-        if not any(c.strip() for c in cells):
-            continue
-        if header is None:
-            header = [c.strip() for c in cells]
-            dupes = sorted({h for h in header if header.count(h) > 1})
-            if dupes:
-                problems.append((number, "repeated column: " + ", ".join(dupes)))
-            continue
-        if len(cells) > len(header):
-            problems.append((number, f"{len(cells)} cells but the header has {len(header)} columns"))
-            continue
-        rows.append((number, {h: c for h, c in zip(header, cells, strict=False) if c.strip() != ""}))
-    return rows, problems
-
-
-def _type(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number")
-
-
 def _cell_json(value: Any, opener: str) -> Any:
     """A CSV cell that holds JSON (a list or an object) is parsed; anything else is returned as is."""
     if isinstance(value, str) and value.strip().startswith(opener):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as e:
-            raise _Bad(f"not valid JSON: {e.msg}") from None
+        return _json(value)
     return value
 
 
@@ -141,6 +90,8 @@ def _float(value: Any, name: str) -> float:
             raise _Bad(f"{name} must be a number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Bad(f"{name} must be a number, got {_type(value)}")
+    if not math.isfinite(value):
+        raise _Bad(f"{name} must be a finite number, got {value}")
     if name == "strength" and not 0.0 <= value <= 1.0:
         raise _Bad(f"strength must be between 0 and 1, got {value}")
     return float(value)
@@ -186,15 +137,31 @@ def resolve_ref(ref: str, base: Path) -> str:
     return ref if path.is_absolute() else str(base / path)
 
 
-def _resolve_output(output: str, base: Path) -> str:
+def _resolve_output(output: str, out_dir: Path, allow_outside: bool) -> str:
+    """A row's output resolved against the output folder; _Bad when it would land outside it."""
     if output == "-":
         raise _Bad("output: '-' (stdout) cannot be used in a batch")
-    path = os.path.expanduser(output)
-    return path if os.path.isabs(path) else str(base / path)
+    if any(ord(c) < 32 or c == "\x7f" for c in output):
+        raise _Bad("output must not contain control characters (NUL, newline, ...)")
+    try:
+        template_fields(output)
+        path = os.path.expanduser(output)
+        path = path if os.path.isabs(path) else os.path.join(out_dir, path)
+        if not allow_outside and not is_inside(path, out_dir):
+            raise _Bad(f"output {output!r} lands outside the output folder {out_dir} "
+                       "(pass --allow-outside-output to allow it)")
+    except UsageError as e:
+        raise _Bad(f"output: {e.message}") from None
+    except (OSError, RuntimeError) as e:  # RuntimeError: `~` with no home folder
+        raise _Bad(f"output {output!r}: {e}") from None
+    return path
 
 
-def row_job(row: dict[str, Any], defaults: Job, base: Path, *, csv_row: bool = False) -> tuple[Job, list[str]]:
-    """The job of one row merged over `defaults`, and this row's problems (all of them)."""
+def row_job(row: dict[str, Any], defaults: Job, base: Path, *, csv_row: bool = False, out_dir: Path | None = None,
+            allow_outside: bool = False) -> tuple[Job, list[str]]:
+    """The job of one row merged over `defaults`, and this row's problems (all of them).
+
+    Inputs resolve against `base`, the output against `out_dir` (default `base`)."""
     problems: list[str] = []
     fields: dict[str, Any] = {}
     for key in row:
@@ -207,7 +174,10 @@ def row_job(row: dict[str, Any], defaults: Job, base: Path, *, csv_row: bool = F
         if value is None:
             continue
         try:
-            fields[key] = _field(key, value, base, csv_row)
+            if key == "output":
+                fields[key] = _output(value, out_dir or base, allow_outside)
+            else:
+                fields[key] = _field(key, value, base, csv_row)
         except _Bad as e:
             problems.append(str(e))
     job = replace(defaults, image=list(defaults.image), inputs=dict(defaults.inputs), params=dict(defaults.params),
@@ -251,11 +221,13 @@ def _field(key: str, value: Any, base: Path, csv_row: bool) -> Any:
         return _object(value, key)
     if key == "seed":
         return _seeds(value, csv_row)
-    if key == "output":
-        if not isinstance(value, str) or not value.strip():
-            raise _Bad(f"output must be a non-empty string, got {_type(value)}")
-        return _resolve_output(value.strip(), base)
     raise _Bad(f"unknown key {key!r}")  # pragma: no cover - FIELDS and this function agree
+
+
+def _output(value: Any, out_dir: Path, allow_outside: bool) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(f"output must be a non-empty string, got {_type(value)}")
+    return _resolve_output(value.strip(), out_dir, allow_outside)
 
 
 def content_id(row: dict[str, Any]) -> str:
@@ -266,10 +238,16 @@ def content_id(row: dict[str, Any]) -> str:
 
 
 def parse_manifest(text: str, *, defaults: Job | None = None, base: Path | None = None,
-                   fmt: str | None = None, source: str = "manifest") -> Manifest:
-    """Every row of `text` as a Job; ManifestError listing every problem (with its line) if any."""
+                   fmt: str | None = None, source: str = "manifest", output_dir: Path | None = None,
+                   allow_outside_output: bool = False, max_images: int = DEFAULT_MAX_IMAGES) -> Manifest:
+    """Every row of `text` as a Job; ManifestError listing every problem (with its line) if any.
+
+    Inputs resolve against `base` (default: the current folder); outputs against `output_dir`
+    (default: `base`), inside which they must stay unless `allow_outside_output`.
+    """
     defaults = defaults or Job()
     base = base or Path.cwd()
+    output_dir = Path(output_dir) if output_dir is not None else base
     fmt = fmt or detect_format(source, text)
     rows, problems = read_rows(text, fmt)
     base_seeds = list(defaults.seeds) or [0]
@@ -278,10 +256,13 @@ def parse_manifest(text: str, *, defaults: Job | None = None, base: Path | None 
     seen: dict[str, int] = {}
     auto: dict[str, int] = {}
     for index, (line, row) in enumerate(rows):
-        job, row_problems = row_job(row, defaults, base, csv_row=fmt == "csv")
-        problems.extend((line, p) for p in row_problems)
+        job, row_problems = row_job(row, defaults, base, csv_row=fmt == "csv", out_dir=output_dir,
+                                    allow_outside=allow_outside_output)
         if "seed" not in row or row["seed"] is None:
             job.seeds = [s + index for s in base_seeds]
+        if not row_problems:  # values each fine on their own: together (and with the defaults) too?
+            row_problems = job_problems(job, max_images=max_images, names={"seeds": "seed"})
+        problems.extend((line, p) for p in row_problems)
         raw_id = row.get("id")
         if raw_id is None or raw_id == "":
             job.id = content_id(row)
@@ -313,17 +294,22 @@ def parse_manifest(text: str, *, defaults: Job | None = None, base: Path | None 
     return Manifest(jobs, lines, source, fmt)
 
 
-def load_manifest(source: str, *, defaults: Job | None = None, fmt: str | None = None) -> Manifest:
-    """Read `source` (a path, or `-` for stdin) and parse it; relative paths resolve against its folder."""
+def load_manifest(source: str, *, defaults: Job | None = None, fmt: str | None = None,
+                  output_dir: Path | None = None, allow_outside_output: bool = False,
+                  max_images: int = DEFAULT_MAX_IMAGES) -> Manifest:
+    """Read `source` (a path, or `-` for stdin) and parse it; relative input paths resolve against its folder."""
     if source == "-":
-        text, base, name = sys.stdin.read(), Path.cwd(), "<stdin>"
+        stream = getattr(sys.stdin, "buffer", None)
+        data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
+        base, name = Path.cwd(), "<stdin>"
     else:
         path = Path(source).expanduser()
         try:
-            text = path.read_text(encoding="utf-8-sig")
+            data = path.read_bytes()
         except FileNotFoundError:
             raise ManifestError(f"manifest not found: {source}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ManifestError(f"cannot read manifest {source}: {e}") from None
+        except OSError as e:
+            raise ManifestError(f"cannot read manifest {source}: {e.strerror or e}") from None
         base, name = path.resolve().parent, source
-    return parse_manifest(text, defaults=defaults, base=base, fmt=fmt, source=name)
+    return parse_manifest(decode_manifest(data, name), defaults=defaults, base=base, fmt=fmt, source=name,
+                          output_dir=output_dir, allow_outside_output=allow_outside_output, max_images=max_images)

@@ -24,7 +24,10 @@ def parse_size(text: str | int) -> int:
     unit = match.group(2).lower() if match else None
     if not match or unit not in _SIZE_UNITS:
         raise UsageError(f"not a size: {text!r}", hint="use a number of bytes or units such as 50MB, 2GiB")
-    value = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    try:
+        value = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    except OverflowError:  # 1e400: infinity
+        raise UsageError(f"size too large: {text!r}") from None
     if value <= 0:
         raise UsageError(f"size must be positive: {text!r}")
     return value

@@ -124,3 +124,109 @@ def test_jsonl_strings_may_hold_unicode_line_separators_and_crlf_lines() -> None
     assert [line for line, _ in info.value.problems] == [3]
     manifest = parse_manifest(text.rsplit("{oops", 1)[0], fmt="jsonl")
     assert manifest.jobs[0].prompt == "x\u2028y\x85z" and manifest.lines == [1]
+
+
+# -- issue 10: rows write only inside -o; manifests never lose or crash on rows; values bounded ----------
+
+def problems_of(text: str, **kw) -> dict[int, str]:
+    """line -> the problems reported on it (joined), for a manifest expected to be refused."""
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(text, **kw)
+    assert info.value.exit == Exit.USAGE
+    found: dict[int, str] = {}
+    for line, problem in info.value.problems:
+        found[line] = (found.get(line, "") + " " + problem).strip()
+    return found
+
+
+def test_row_outputs_resolve_against_the_output_folder_and_must_stay_inside(tmp_path: Path) -> None:
+    base, out = tmp_path / "manifests", tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "escape").symlink_to(tmp_path)  # a symlinked folder that leads out
+    ok = parse_manifest(jsonl({"id": "a", "output": "a.png"}, {"id": "b", "output": "sub/{id}-{seed}.png"},
+                              {"id": "c", "output": "sub/"}, {"id": "d", "output": str(out / "d.png")},
+                              {"id": "e", "output": "sub/../e.png"}),
+                        base=base, output_dir=out, source="m.jsonl").jobs
+    assert [j.output for j in ok] == [str(out / "a.png"), str(out / "sub/{id}-{seed}.png"), f"{out}/sub/",
+                                      str(out / "d.png"), str(out / "sub/../e.png")]
+    bad = [{"output": "../../../../tmp/x.png"}, {"output": "/tmp/x.png"}, {"output": "~/x.png"}, {"output": ".."},
+           {"output": "/tmp/{id}.png"}, {"output": "escape/x.png"}, {"output": "sub/../../{id}.png"}]
+    found = problems_of(jsonl(*bad), base=base, output_dir=out, source="m.jsonl")
+    assert set(found) == set(range(1, len(bad) + 1))
+    assert all("outside the output folder" in p and "--allow-outside-output" in p for p in found.values())
+    # Allowed when asked: relative still means relative to -o.
+    jobs = parse_manifest(jsonl(*bad), base=base, output_dir=out, allow_outside_output=True).jobs
+    assert jobs[0].output == str(out / "../../../../tmp/x.png") and jobs[1].output == "/tmp/x.png"
+    assert jobs[2].output == str(Path("~/x.png").expanduser())
+
+
+def test_csv_unterminated_quote_is_a_problem_on_its_line_not_a_lost_row() -> None:
+    text = 'id,prompt\na,"fine"\nb,"never closed\nc,third\nd,fourth\n'
+    assert problems_of(text, fmt="csv") == {3: "unterminated quote; nothing after this line was read"}
+    found = problems_of('id,prompt\na,x\nb,"x"y\n', fmt="csv")
+    assert list(found) == [3] and "bad quoting" in found[3]
+
+
+def test_csv_cell_of_any_size_works(tmp_path: Path) -> None:
+    from images import data_uri, png
+
+    big = data_uri(png((256, 256), (1, 2, 3)) + b"\0" * 200_000)  # over csv's 131,072-character default
+    assert len(big) > 131_072
+    jobs = parse_manifest(f'id,image\nbig,"{big}"\n', fmt="csv", base=tmp_path).jobs
+    assert jobs[0].image == [big]
+
+
+def test_deep_json_repeated_keys_and_nul_in_output_are_problems_with_their_lines() -> None:
+    deep = '{"id": "deep", "params": {"x": ' + "[" * 5000 + "]" * 5000 + "}}"
+    text = "\n".join([
+        json.dumps({"id": "ok", "prompt": "fine"}),                               # 1
+        deep,                                                                     # 2
+        '{"id": "dup", "prompt": "a", "prompt": "b"}',                            # 3
+        '{"id": "dup2", "params": {"eta": 1, "eta": 2}}',                         # 4
+        json.dumps({"id": "nul", "output": "a\u0000b.png"}),                      # 5
+        json.dumps({"id": "nested", "params": {"x": json.loads("[" * 33 + "1" + "]" * 33)}}),  # 6
+    ])
+    found = problems_of(text, fmt="jsonl")
+    assert set(found) == {2, 3, 4, 5, 6}
+    assert "nested too deeply" in found[2] and "nested too deeply" in found[6]
+    assert "repeated key 'prompt'" in found[3] and "repeated key 'eta'" in found[4]
+    assert "control characters" in found[5]
+
+
+def test_stdin_manifest_bom_dropped_and_invalid_utf8_is_a_problem_with_its_line(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xef\xbb\xbfid,prompt\na,x\n")))
+    manifest = load_manifest("-")
+    assert manifest.format == "csv" and [j.id for j in manifest.jobs] == ["a"] and manifest.jobs[0].prompt == "x"
+    bad = b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "caf\xe9"}\n'
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(bad)))
+    with pytest.raises(ManifestError) as info:
+        load_manifest("-")
+    assert info.value.problems == [(2, "not valid UTF-8 (column 27); save the manifest as UTF-8")]
+    (tmp_path / "m.jsonl").write_bytes(bad)
+    with pytest.raises(ManifestError, match="line 2: not valid UTF-8"):
+        load_manifest(str(tmp_path / "m.jsonl"))
+
+
+def test_counts_seeds_numbers_and_templates_are_bounded_per_row() -> None:
+    text = "\n".join(json.dumps(r) for r in [
+        {"id": "many", "num_images": 1e9},                                  # 1
+        {"id": "seeds", "seed": list(range(600)), "num_images": 2},         # 2
+        {"id": "big", "seed": 2**64},                                       # 3
+        {"id": "edge", "seed": 2**64 - 1, "num_images": 2},                 # 4
+        {"id": "neg", "seed": -1},                                          # 5
+        {"id": "spec", "output": "{seed:>2000000000}.png"},                 # 6
+        {"id": "wide", "width": 10**19},                                    # 7
+        {"id": "lat", "params": {"latents": [1, 2]}, "inputs": {"prompt_embeds": "x.png"}},  # 8
+        {"id": "fine", "seed": 2**64 - 1, "num_images": 1},                 # 9
+    ]) + '\n{"id": "nan", "guidance": NaN}\n{"id": "inf", "guidance": Infinity}\n'  # 10, 11
+    found = problems_of(text, fmt="jsonl", output_dir=Path("/tmp/o"))
+    assert set(found) == {1, 2, 3, 4, 5, 6, 7, 8, 10, 11}
+    assert "more than 1000 for one job" in found[1] and "1200 outputs" in found[2]
+    assert "out of range" in found[3] and "passes 2**64-1" in found[4] and "at least 0" in found[5]
+    assert "only bare fields" in found[6] and "2147483647" in found[7]
+    assert "latents" in found[8] and "prompt_embeds" in found[8]
+    assert "finite" in found[10] and "finite" in found[11]
+    jobs = parse_manifest(jsonl({"id": "many", "num_images": 5000}), fmt="jsonl", max_images=5000).jobs
+    assert jobs[0].num_images == 5000  # the cap is overridable

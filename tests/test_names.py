@@ -171,3 +171,32 @@ def test_existing_template_target_is_refused(tmp_path):
 def test_overwrite_allows_existing_targets(tmp_path):
     (tmp_path / "cat.png").write_bytes(b"old")
     assert plan(str(tmp_path / "cat.png"), tmp_path, overwrite=True) == [str(tmp_path / "cat.png")]
+
+
+# -- issue 10: only bare fields (and a bounded zero-padded width) in templates; what lands inside a folder --
+
+@pytest.mark.parametrize("template", ["{seed:>2000000000}.png", "{index:,}.png", "{model:.0}.png", "{id!r}.png",
+                                      "{seed:{index}}.png", "{seed:0100}.png", "{date:>3}.png"])
+def test_template_format_specs_and_conversions_are_refused(tmp_path, template):
+    with pytest.raises(UsageError, match="only bare fields"):
+        plan(str(tmp_path / template), tmp_path, job_id="j")
+    # A zero-padded width (up to 99) on the numbers is the one spec allowed.
+    names = plan(str(tmp_path / "{seed:06}-{index:03d}.png"), tmp_path, seeds=[42], per_seed=2)
+    assert [Path(n).name for n in names] == ["000042-000.png", "000042-001.png"]
+
+
+def test_is_inside_follows_tilde_dotdot_templates_and_symlinked_folders(tmp_path, monkeypatch):
+    from diffrun.outputs.names import is_inside
+
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "away").symlink_to(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    inside = ["a.png", "sub/{id}.png", "sub/", "sub/..", "sub/../b.png", "{id}/{seed}.png", "."]
+    outside = ["../x.png", "..", "away/x.png", "away/../../x.png", "/tmp/{id}.png", "sub/../../x.png"]
+    for name in inside:
+        assert is_inside(str(out / name), out), name
+    for name in outside:
+        assert not is_inside(str(out / name) if not name.startswith("/") else name, out), name
+    assert not is_inside("~/x.png", out)
+    assert is_inside(str(out / "sub" / "x.png"), out / "sub" / ".." / "sub")

@@ -109,6 +109,9 @@ def _run(args: list[str]) -> int:
     except CliError as exc:
         _show_cli_error(exc)
         code = Exit.USAGE
+    except MemoryError:  # e.g. a size or count no pipeline can hold: the out-of-memory exit, not a bug
+        console.error("out of memory", "try smaller sizes, fewer images per job, or --debug for where")
+        code = Exit.OUT_OF_MEMORY
     except (KeyboardInterrupt, typer.Abort):
         if signals.report_interrupt():
             console.error("interrupted")

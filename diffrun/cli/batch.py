@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,7 +28,8 @@ from diffrun.cli.console import clean
 from diffrun.cli.options import FLAG, OUTPUT, SAMPLING
 from diffrun.cli.progress import make as make_progress
 from diffrun.errors import Exit, Interrupted, UsageError
-from diffrun.jobs import Job
+from diffrun.jobs import DEFAULT_MAX_IMAGES, Job
+from diffrun.outputs.names import template_fields
 
 BATCH = "Batch"
 RAY = "Engine"
@@ -45,6 +47,7 @@ def output_plan(output: str | None, results: Path | None) -> tuple[Path, str | N
         raise UsageError("batch cannot write to stdout (-o -)", hint="give an output folder or a name template")
     template = None
     if "{" in text:
+        template_fields(text)  # only bare fields: a format spec could build a name of any size
         if "{id}" not in text:
             raise UsageError(f"-o {text!r}: a batch name template needs {{id}} so jobs do not clash")
         template = os.path.abspath(os.path.expanduser(text))
@@ -87,6 +90,7 @@ def batch(
         "--seed", "-s", metavar="N", rich_help_panel=SAMPLING,
         help="Base seed: a row without a seed gets SEED + its index (default 0; repeatable).")] = None,
     num_images: jo.NumImages = None,
+    max_images: jo.MaxImages = DEFAULT_MAX_IMAGES,
     width: jo.Width = None,
     height: jo.Height = None,
     frames: jo.Frames = None,
@@ -111,7 +115,11 @@ def batch(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", metavar=FLAG, rich_help_panel=BATCH,
                                                help="Also rerun jobs the results log records as failed.")] = False,
     force: Annotated[bool, typer.Option("--force", metavar=FLAG, rich_help_panel=BATCH,
-                                        help="Rerun every job, replacing its outputs.")] = False,
+                                        help="Rerun every job, replacing its own outputs (not other files).")]
+    = False,
+    allow_outside_output: Annotated[bool, typer.Option(
+        "--allow-outside-output", envvar="DIFFRUN_ALLOW_OUTSIDE_OUTPUT", metavar=FLAG, rich_help_panel=OUTPUT,
+        help="Let a row's output name files outside the output folder (-o).")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", metavar=FLAG, rich_help_panel=BATCH,
                                             help="Stop at the first failed job.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", metavar=FLAG, rich_help_panel=BATCH,
@@ -169,6 +177,7 @@ def batch(
     closed.
     """
     from diffrun.engine import batch as engine
+    from diffrun.engine import resume
     from diffrun.engine.signals import StopRequested
     from diffrun.errors import StdoutClosed
     from diffrun.manifest import load_manifest
@@ -185,25 +194,33 @@ def batch(
         seed=seed, steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames,
         fps=fps, num_images=num_images, output=template,
     )
+    jo.check_job(defaults, max_images)
     if "-" in defaults.image or defaults.mask == "-":
         raise UsageError("batch inputs cannot come from stdin (-)")
     policy = options.fetch_policy(
         timeout=timeout, deadline=deadline, retries=retries, max_input_bytes=max_input_bytes,
         max_pixels=max_pixels, background=background, allow_host=allow_host, block_private=block_private,
     )
-    jobs = load_manifest(manifest, defaults=defaults, fmt=None if manifest_format == "auto" else manifest_format).jobs
+    # Every job comes from a manifest row: local inputs must be regular files outside /proc, /sys and /dev.
+    policy = replace(policy, regular_files_only=True)
+    jobs = load_manifest(manifest, defaults=defaults, fmt=None if manifest_format == "auto" else manifest_format,
+                         output_dir=folder, allow_outside_output=allow_outside_output, max_images=max_images).jobs
     show = console.show_progress(progress)
+    runtime = None if dry_run and not model else mo.model_options(
+        model=model, revision=revision, variant=variant, device=device, dtype=dtype, offload=offload,
+        vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention_slicing=attention_slicing,
+        compile_=compile_, scheduler=scheduler, lora=lora, threads=threads)
     if dry_run:
-        _dry_run(engine, jobs, policy, log_path, retry_failed, force, prefetch, json_out)
+        # Which jobs changed since their last run needs the model settings: with -m, the same as a run's.
+        settings = resume.run_settings(runtime, output_dir=folder, quality=quality, fps=fps)
+        prints = resume.fingerprints(jobs, settings) if runtime is not None else None
+        _dry_run(engine, jobs, policy, log_path, retry_failed, force, prefetch, json_out, prints)
         return
     config = engine.BatchConfig(
-        model=mo.model_options(
-            model=model, revision=revision, variant=variant, device=device, dtype=dtype, offload=offload,
-            vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention_slicing=attention_slicing,
-            compile_=compile_, scheduler=scheduler, lora=lora, threads=threads),
-        policy=policy, output_dir=folder, results=log_path, prefetch=prefetch, batch_size=batch_size,
+        model=runtime, policy=policy, output_dir=folder, results=log_path, prefetch=prefetch, batch_size=batch_size,
         overwrite=overwrite, quality=quality, sidecar=sidecar, fps=fps, save_inputs=save_inputs,
         retry_failed=retry_failed, force=force, fail_fast=fail_fast,
+        allow_outside_output=allow_outside_output,
     )
     check_model_ref(config.model.model, config.model.revision)  # before inputs, torch or Ray start
     stdout_closed = False
@@ -291,6 +308,7 @@ def summary_table(summary: Any) -> Table:
     table.add_column(justify="right")
     rows = [
         ("jobs ok", str(summary.ok)), ("jobs failed", str(summary.failed)), ("jobs skipped", str(summary.skipped)),
+        *([("jobs changed since the last run (redone)", str(summary.changed))] if summary.changed else []),
         *([("  failed in an earlier run", str(len(summary.failed_earlier)))] if summary.failed_earlier else []),
         ("jobs not run", str(summary.not_run)), ("images written", str(summary.images)),
         ("fetching (overlapped)", f"{seconds['fetching']:.2f} s"),
@@ -316,7 +334,7 @@ def failed_earlier_note(ids: list[str], shown: int = 10) -> tuple[str, str]:
 
 
 def _dry_run(engine: Any, jobs: list[Job], policy: Any, log_path: Path, retry_failed: bool, force: bool,
-             prefetch: int, json_out: bool) -> None:
+             prefetch: int, json_out: bool, prints: dict[str, str] | None) -> None:
     """The check as a report on stdout (a table, or with --json one line per job); the count line on stderr."""
     table = Table("id", "action", "inputs", "error", box=None, header_style="bold", pad_edge=False)
 
@@ -328,13 +346,16 @@ def _dry_run(engine: Any, jobs: list[Job], policy: Any, log_path: Path, retry_fa
                       else "[red]failed[/red]", escape(clean(error.replace("\n", " "))))
 
     records = engine.dry_run(jobs, policy, results=log_path, retry_failed=retry_failed, force=force,
-                             prefetch=prefetch, on_result=on_result)
+                             prefetch=prefetch, on_result=on_result, prints=prints)
     failed = [r for r in records if r["status"] != "ok"]
     would_run = sum(r["action"] == "run" for r in records)
     if not json_out:
         console.report(table)
     console.info(f"{_jobs(len(records))}: {would_run} would run, {len(records) - would_run} would be skipped; "
                  f"{len(failed)} with inputs that fail")
+    changed = sum(bool(r.get("changed")) for r in records)
+    if changed:
+        console.info(f"{changed} of them changed since the last run: they would be redone")
     if failed:
         raise typer.Exit(Exit.INPUT)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ from diffrun.cli import job_options as jo
 from diffrun.cli import model_options as mo
 from diffrun.cli.options import OUTPUT, SAMPLING
 from diffrun.errors import DiffrunError, UsageError
-from diffrun.jobs import Job
+from diffrun.jobs import DEFAULT_MAX_IMAGES, Job
 from diffrun.loaders.redact import display_ref, log_message
 
 
@@ -31,6 +32,7 @@ def generate(
     seed: Annotated[list[int] | None, typer.Option("--seed", "-s", metavar="N", rich_help_panel=SAMPLING,
                                                    help="Seed (repeatable: one output set per seed).")] = None,
     num_images: jo.NumImages = None,
+    max_images: jo.MaxImages = DEFAULT_MAX_IMAGES,
     width: jo.Width = None,
     height: jo.Height = None,
     frames: jo.Frames = None,
@@ -80,9 +82,9 @@ def generate(
         seed=seed, steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames,
         fps=fps, num_images=num_images, output=output,
     )
-    recipe_model = None
+    recipe_model, from_recipe = None, False
     if from_ is not None:
-        job, recipe_model = _from_recipe(from_, flags)
+        job, recipe_model, from_recipe = _from_recipe(from_, flags)
     else:
         job = flags
     if job.output == "-" and console.stdout_is_terminal():  # as curl does: binary output would garble the terminal
@@ -90,6 +92,7 @@ def generate(
                          hint="redirect it (-o - > out.png, or -o - | next-command) or pass a file: -o out.png")
     if not job.seeds:
         job.seeds = [secrets.randbelow(2**32)]
+    jo.check_job(job, max_images)
     runtime = mo.model_options(
         model=model or recipe_model, revision=revision, variant=variant, device=device, dtype=dtype,
         offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention_slicing=attention_slicing,
@@ -99,6 +102,8 @@ def generate(
         timeout=timeout, deadline=deadline, retries=retries, max_input_bytes=max_input_bytes,
         max_pixels=max_pixels, background=background, allow_host=allow_host, block_private=block_private,
     )
+    if from_recipe:  # inputs named by a recipe: local ones must be regular files outside /proc, /sys and /dev
+        policy = replace(policy, regular_files_only=True)
     try:
         summary = _run(job, runtime, policy, save_inputs=save_inputs, overwrite=overwrite, quality=quality,
                        sidecar=sidecar, show=console.show_progress(progress))
@@ -116,13 +121,15 @@ def generate(
         console.info(f"seed {', '.join(map(str, job.seeds))}; {summary['timings']['total']:.1f} s")
 
 
-def _from_recipe(path: Path, flags: Job) -> tuple[Job, str | None]:
-    """The recipe's job with every flag the user gave laid over it."""
+def _from_recipe(path: Path, flags: Job) -> tuple[Job, str | None, bool]:
+    """The recipe's job with every flag the user gave laid over it, its model, and whether some input
+    still comes from the recipe (not replaced by a flag)."""
     from diffrun import outputs
     from diffrun.engine.jobrun import job_from_recipe, unrepeatable_inputs
 
     recipe = outputs.read_recipe(path)
     job = job_from_recipe(recipe)
+    from_recipe = any(getattr(job, key) and not getattr(flags, key) for key in ("image", "mask", "inputs"))
     for name, value in vars(flags).items():
         if value not in (None, [], {}):
             if name == "params":
@@ -135,7 +142,7 @@ def _from_recipe(path: Path, flags: Job) -> tuple[Job, str | None]:
             flag = _INPUT_FLAGS.get(name, f"--input {name}=REF")
             raise UsageError(
                 f"--from {path}: input {name} was {what} ({display_ref(source)})", hint=f"give it again: {flag}")
-    return job, recipe.get("model")
+    return job, recipe.get("model"), from_recipe
 
 
 _INPUT_FLAGS = {"image": "-i/--image REF", "mask_image": "--mask REF"}

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from diffrun.cli.options import FLAG, OUTPUT, SAMPLING, parse_inputs, parse_params
-from diffrun.jobs import Job
+from diffrun.errors import UsageError
+from diffrun.jobs import DEFAULT_MAX_IMAGES, Job, job_problems
+from diffrun.outputs.names import template_fields
 
 INPUTS = "Inputs"
 PIPELINE_DEFAULT = "\\[default: pipeline default]"
@@ -45,6 +47,9 @@ Fps = Annotated[int | None, typer.Option("--fps", min=1, metavar="N", rich_help_
                                          help="Frame rate of written videos \\[default: the pipeline's fps, else 8].")]
 Params = Annotated[list[str] | None, typer.Option(
     "--param", metavar="KEY=VALUE", rich_help_panel=SAMPLING, help="Any other call argument KEY=VALUE (JSON value).")]
+MaxImages = Annotated[int, typer.Option(
+    "--max-images", min=1, envvar="DIFFRUN_MAX_IMAGES", metavar="N", rich_help_panel=SAMPLING,
+    help="Most outputs one job may ask for: seeds x images per seed.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", metavar=FLAG, rich_help_panel=OUTPUT,
                                          help="Replace existing files.")]
 Quality = Annotated[int | None, typer.Option("--quality", min=1, max=100, metavar="N", rich_help_panel=OUTPUT,
@@ -64,3 +69,18 @@ def job_from_options(*, prompt: str | None, negative_prompt: str | None, image: 
         steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames, fps=fps,
         num_images=num_images, output=output,
     )
+
+
+FLAGS = {"seeds": "--seed", "steps": "--steps", "guidance": "--guidance", "strength": "--strength",
+         "width": "--width", "height": "--height", "frames": "--frames", "fps": "--fps",
+         "num_images": "--num-images", "params": "--param", "inputs": "--input", "output": "--output"}
+
+
+def check_job(job: Job, max_images: int = DEFAULT_MAX_IMAGES) -> Job:
+    """`job`, or UsageError (exit 2) for its first value that would crash or run away later."""
+    problems = job_problems(job, max_images=max_images, names=FLAGS)
+    if problems:
+        raise UsageError(problems[0])
+    if job.output not in (None, "-"):
+        template_fields(job.output)  # only bare fields: `{seed:>2000000000}` would build a 2 GB name
+    return job

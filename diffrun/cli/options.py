@@ -21,6 +21,10 @@ RUNTIME = "Runtime"
 SAMPLING = "Sampling"
 FLAG = ""
 """The metavar of an on/off option: none (typer would show `<bool>`)."""
+MAX_INPUT_BYTES = 4 << 30
+"""Largest --max-input-bytes: an input is held in memory (and decoded) whole."""
+MAX_SECONDS = 10**7
+"""Longest --timeout or --deadline (about 115 days)."""
 
 SaveInputs = Annotated[Path | None, typer.Option(
     "--save-inputs", envvar="DIFFRUN_SAVE_INPUTS", metavar="DIR", rich_help_panel=LOADER,
@@ -125,11 +129,17 @@ def fetch_policy(
     if seconds <= 0:
         raise UsageError(f"--timeout must be positive: {timeout!r}")
     limit = parse_duration(deadline)
+    for flag, text, value in (("--timeout", timeout, seconds), ("--deadline", deadline, limit)):
+        if not value <= MAX_SECONDS:  # also NaN; a socket or a clock cannot wait longer
+            raise UsageError(f"{flag} {text!r} is too long: at most {MAX_SECONDS} seconds")
+    max_bytes = parse_size(max_input_bytes)
+    if max_bytes > MAX_INPUT_BYTES:  # reads size their buffer from it: 1e19 cannot even be allocated
+        raise UsageError(f"--max-input-bytes {max_input_bytes!r} is too large: at most {MAX_INPUT_BYTES} (4GiB)")
     return FetchPolicy(
         timeout=seconds,
         deadline=limit if limit > 0 else None,
         retries=retries,
-        max_bytes=parse_size(max_input_bytes),
+        max_bytes=max_bytes,
         max_pixels=max_pixels,
         background=parse_color(background),
         allow_hosts=allow_host_patterns(allow_host or ()),

@@ -9,9 +9,13 @@ Decisions worth knowing:
 - A micro-batch that fails is run again one job at a time, so one bad job fails alone.
 - A stop request (first Ctrl-C / SIGTERM) abandons the micro-batch being computed at its next step:
   nothing of it is written and it gets no line; a rerun does it.
-- Resume: a job whose last ok/failed line is `ok` with every output present is skipped; one recorded
-  `failed` is skipped too unless `retry_failed`; `force` redoes all (and may overwrite). A skipped
-  job gets a `skipped` line; a job skipped for an earlier failure still counts as failed (exit 1).
+- Resume (engine/resume.py): a job whose last ok/failed line is `ok` with every output present is
+  skipped; one recorded `failed` is skipped too unless `retry_failed`; `force` redoes all; a job whose
+  fingerprint changed is always redone. Only a job's own files are replaced (`overwrite` replaces
+  any). A skipped job gets a `skipped` line; a job skipped for an earlier failure still counts as
+  failed (exit 1).
+- Every target must land inside `output_dir` (after templates and symlinked folders) unless
+  `allow_outside_output`.
 - Jobs are taken as their inputs finish loading, not in manifest order, so a slow input holds one
   prefetch slot, not the batch; the results log is in completion order.
 - Before any job (engine/storage.py): the log and folders are checked writable, the log is locked
@@ -32,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 from diffrun.engine import jobrun, storage
 from diffrun.engine.prefetch import Prefetcher
-from diffrun.engine.results import FAILED, OK, SKIPPED, ResultsLog, is_done, now_iso, read_records, settled
-from diffrun.errors import DiffrunError, DiskError, OutputExistsError
+from diffrun.engine.results import FAILED, OK, SKIPPED, ResultsLog, now_iso, read_records, settled
+from diffrun.engine.resume import fingerprints, own_output, resume_plan, run_settings
+from diffrun.errors import DiffrunError, DiskError, OutOfMemoryError, OutputExistsError, UsageError
 from diffrun.jobs import Job
 from diffrun.loaders import FetchPolicy
 
@@ -62,6 +67,8 @@ class BatchConfig:
     retry_failed: bool = False
     force: bool = False
     fail_fast: bool = False
+    allow_outside_output: bool = False
+    """Let a job's `output` name files outside `output_dir`."""
 
 
 @dataclass
@@ -75,6 +82,8 @@ class Summary:
     failed_earlier: list[str] = field(default_factory=list)
     """The ids of those jobs, in manifest order (the summary names them)."""
     not_run: int = 0
+    changed: int = 0
+    """Jobs run again because their settings changed since their last results line."""
     images: int = 0
     interrupted: bool = False
     model_loaded: bool = False
@@ -87,7 +96,8 @@ class Summary:
 
     def to_json(self) -> dict[str, Any]:
         return {"total": self.total, "ok": self.ok, "failed": self.failed, "skipped": self.skipped,
-                "not_run": self.not_run, "images": self.images, "interrupted": self.interrupted,
+                "not_run": self.not_run, "changed": self.changed, "images": self.images,
+                "interrupted": self.interrupted,
                 "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
 
 
@@ -109,6 +119,8 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     capped, URLs in them without credentials: they may quote a server or a library)."""
     from diffrun.loaders.redact import log_message
 
+    if isinstance(exc, MemoryError):
+        exc = OutOfMemoryError("out of memory (in this process)", hint="try smaller sizes or fewer images per job")
     if isinstance(exc, DiffrunError):
         info = {"category": exc.category, "code": exc.code, "exit": int(exc.exit), "message": log_message(exc.message)}
         if exc.hint:
@@ -123,33 +135,16 @@ def _record(job: Job, status: str, **extra: Any) -> dict[str, Any]:
             "seeds": job.seeds, **extra, "time": now_iso()}
 
 
-def _own_output(job: Job, target: str) -> bool:
-    """True when `target` is missing, or is a file an earlier run wrote for this job (id and seed)."""
-    from diffrun import outputs
-
-    if not os.path.exists(target):
-        return True
-    try:
-        recipe = outputs.read_recipe(target)
-    except DiffrunError:
-        return False
-    return recipe.get("job_id") == job.id and recipe.get("seed") in job.seeds
+def plan_resume(jobs: list[Job], results: Path, *, retry_failed: bool, force: bool,
+                prints: dict[str, str] | None = None) -> tuple[list[Job], list[tuple[Job, dict[str, Any]]]]:
+    """(jobs to run, (job, earlier record) pairs to skip) from what the results log says (engine/resume.py)."""
+    plan = resume_plan(jobs, results, retry_failed=retry_failed, force=force, prints=prints)
+    return plan.run, plan.skip
 
 
-def plan_resume(jobs: list[Job], results: Path, *, retry_failed: bool, force: bool
-                ) -> tuple[list[Job], list[tuple[Job, dict[str, Any]]]]:
-    """(jobs to run, (job, earlier record) pairs to skip) from what the results log says."""
-    if force:
-        return list(jobs), []
-    state = settled(read_records(results))
-    run, skip = [], []
-    for job in jobs:
-        previous = state.get(job.id)
-        if is_done(previous) or (previous and previous["status"] == FAILED and not retry_failed):
-            skip.append((job, previous))
-        else:
-            run.append(job)
-    return run, skip
+def config_settings(config: BatchConfig) -> dict[str, Any]:
+    """The run-wide part of the jobs' fingerprints."""
+    return run_settings(config.model, output_dir=config.output_dir, quality=config.quality, fps=config.fps)
 
 
 class BatchRunner:
@@ -179,10 +174,17 @@ class BatchRunner:
         self._writer: ThreadPoolExecutor | None = None
         self._write_error: BaseException | None = None
         self._write_slots = threading.BoundedSemaphore(WRITE_AHEAD)
+        self._fingerprints: dict[str, str] = {}
+        self._changed: set[str] = set()
+        self._state: dict[str, dict[str, Any]] | None = None  # the log's settled lines, read when first needed
 
     # -- results -------------------------------------------------------------------------------
     def _emit(self, record: dict[str, Any]) -> None:
         with self._emit_lock:  # the main thread (failures) and the writer thread (results) both emit
+            if record["id"] in self._fingerprints:  # the settings the line was made with (resume compares them)
+                record.setdefault("fingerprint", self._fingerprints[record["id"]])
+            if record["id"] in self._changed and record["status"] != SKIPPED:
+                record.setdefault("changed", True)  # redone because its settings changed since its last line
             self._log.append(record)
             self.on_result(record)
 
@@ -215,8 +217,12 @@ class BatchRunner:
         return self.summary
 
     def _resume_and_run(self) -> None:
-        todo, skip = plan_resume(self.jobs, self.config.results, retry_failed=self.config.retry_failed,
-                                 force=self.config.force)
+        self._fingerprints = fingerprints(self.jobs, config_settings(self.config))
+        plan = resume_plan(self.jobs, self.config.results, retry_failed=self.config.retry_failed,
+                           force=self.config.force, prints=self._fingerprints)
+        self._state, todo, skip = plan.state, plan.run, plan.skip
+        self._changed = set(plan.changed)
+        self.summary.changed = len(plan.changed)
         for job, previous in skip:
             self.summary.skipped += 1
             if previous["status"] == FAILED:
@@ -293,16 +299,8 @@ class BatchRunner:
             if job.output is None:
                 folder = str(self.config.output_dir).replace("{", "{{").replace("}", "}}")
                 plan_job = replace(job, output=os.path.join(folder, "{id}") + default_extension(kind))
-            overwrite = self.config.overwrite or self.config.force
-            try:
-                targets = jobrun.plan_job_outputs(plan_job, self.config.model.model, kind, overwrite=overwrite)
-            except OutputExistsError:
-                # A run killed between writing a job's files and logging it left them behind: they are
-                # this job's own (their recipe says so), so they are made again rather than refused.
-                targets = jobrun.plan_job_outputs(plan_job, self.config.model.model, kind, overwrite=True)
-                if not all(_own_output(job, t) for t in targets):
-                    raise
-                overwrite = True
+            targets = jobrun.plan_job_outputs(plan_job, self.config.model.model, kind, overwrite=True)
+            overwrite = self._check_targets(job, targets)
             taken = [t for t in targets if t in self._claimed]
             if taken:
                 raise OutputExistsError(f"{taken[0]} is also the output of an earlier job of this batch",
@@ -312,6 +310,30 @@ class BatchRunner:
             self._fail(job, exc, inputs, {"fetch": inputs.seconds})
             return None
         return _Ready(job, inputs, requests, targets, overwrite)
+
+    def _check_targets(self, job: Job, targets: list[str]) -> bool:
+        """Refuse targets outside the output folder and files that are not the job's own; True when some
+        existing file (the job's own) is to be replaced."""
+        from diffrun.outputs.names import is_inside
+
+        if not self.config.allow_outside_output:
+            outside = [t for t in targets if not is_inside(t, self.config.output_dir)]
+            if outside:
+                raise UsageError(f"{outside[0]} is outside the output folder {self.config.output_dir}",
+                                 hint="pass --allow-outside-output to allow it", code="outside_output")
+        if self.config.overwrite:
+            return True
+        existing = [t for t in targets if os.path.lexists(t)]
+        if not existing:
+            return False
+        if self._state is None:  # a Ray worker's runner: read the log only when a file is in the way
+            self._state = settled(read_records(self.config.results))
+        recorded = (self._state.get(job.id) or {}).get("outputs") or []
+        foreign = [t for t in existing if not own_output(job, t, recorded)]
+        if foreign:
+            raise OutputExistsError(f"{foreign[0]} exists and is not this job's output",
+                                    hint="pass --overwrite to replace it")
+        return True
 
     def _fits(self, pending: list[_Ready], ready: _Ready) -> bool:
         from diffrun.pipelines import batch_key
@@ -432,12 +454,15 @@ def run_batch(jobs: list[Job], config: BatchConfig, **hooks: Any) -> Summary:
 
 def dry_run(jobs: list[Job], policy: FetchPolicy, *, results: Path | None = None, retry_failed: bool = False,
             force: bool = False, prefetch: int = 4, should_stop: Callable[[], bool] | None = None,
-            on_result: OnResult | None = None) -> list[dict[str, Any]]:
-    """Load every job's inputs (no model): one record per job with what a run would do and what failed."""
-    skipped = set()
+            on_result: OnResult | None = None, prints: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Load every job's inputs (no model): one record per job with what a run would do and what failed.
+
+    `prints` (job id -> fingerprint) lets it see which jobs changed since their last run (`changed`)."""
+    skipped: set[str] = set()
+    changed: set[str] = set()
     if results is not None:
-        _, skip = plan_resume(jobs, results, retry_failed=retry_failed, force=force)
-        skipped = {job.id for job, _ in skip}
+        plan = resume_plan(jobs, results, retry_failed=retry_failed, force=force, prints=prints)
+        skipped, changed = {job.id for job, _ in plan.skip}, set(plan.changed)
     records = []
 
     def load(job: Job) -> jobrun.JobInputs:
@@ -446,7 +471,8 @@ def dry_run(jobs: list[Job], policy: FetchPolicy, *, results: Path | None = None
     with Prefetcher(jobs, load, max(prefetch, 1), should_stop=should_stop, ordered=True) as prefetcher:
         for job, loaded in prefetcher:
             record: dict[str, Any] = {"id": job.id, "action": "skip" if job.id in skipped else "run",
-                                      "seeds": job.seeds, "output": job.output, "references": job.references()}
+                                      "changed": job.id in changed, "seeds": job.seeds, "output": job.output,
+                                      "references": job.references()}
             if isinstance(loaded, Exception):
                 record.update(status=FAILED, error=error_info(loaded))
             elif isinstance(loaded, BaseException):

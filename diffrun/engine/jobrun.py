@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffrun import __version__, outputs
-from diffrun.jobs import CALL_ARGUMENTS, Job
+from diffrun.errors import UsageError
+from diffrun.jobs import CALL_ARGUMENTS, PER_PROMPT, Job, images_per_seed
 from diffrun.loaders import FetchPolicy, LoadedInput, load_input
 from diffrun.loaders.redact import display_ref, redact_url
 
@@ -108,10 +109,6 @@ def job_requests(job: Job, inputs: JobInputs) -> list[Request]:
                     args=job.call_arguments(), seed=seed) for seed in job.seeds]
 
 
-def images_per_seed(job: Job) -> int:
-    return job.num_images or int(job.params.get("num_images_per_prompt", 1) or 1)
-
-
 def plan_job_outputs(job: Job, model_ref: str, kind: str, *, overwrite: bool,
                      default_dir: Path | None = None) -> list[str]:
     """Every target path of the job, seed-major; refuses existing files unless overwrite."""
@@ -170,24 +167,58 @@ def write_job_outputs(job: Job, model: LoadedModel, inputs: JobInputs, results: 
 _ARGUMENT_FIELDS = {name: key for key, name in CALL_ARGUMENTS.items()}
 
 
-PER_PROMPT = ("num_images_per_prompt", "num_videos_per_prompt")
+def _bad_recipe(reason: str) -> UsageError:
+    return UsageError(f"bad recipe: {reason}", hint="pass a file diffrun wrote, or its .json sidecar",
+                      code="bad_recipe")
+
+
+def _recipe_int(recipe: dict, key: str) -> int:
+    value = recipe.get(key) or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _bad_recipe(f"{key} must be a non-negative integer, got {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def job_from_recipe(recipe: dict) -> Job:
     """The Job that makes the recipe's one output again (inputs by their recorded source), for
     `generate --from`. Output `index` of seed S was drawn from generator S + index (pipelines.run), so
-    the rerun is that seed with one output per prompt."""
+    the rerun is that seed with one output per prompt. A recipe that does not have the shape diffrun
+    writes raises UsageError("bad recipe: ...")."""
+    if not isinstance(recipe, dict):
+        raise _bad_recipe(f"expected a JSON object, got {type(recipe).__name__}")
+    for key in ("prompt", "negative_prompt", "model"):
+        if recipe.get(key) is not None and not isinstance(recipe[key], str):
+            raise _bad_recipe(f"{key} must be a string, got {_shown(recipe[key])}")
     job = Job(prompt=recipe.get("prompt"), negative_prompt=recipe.get("negative_prompt"))
     if recipe.get("seed") is not None:
-        job.seeds = [int(recipe["seed"]) + int(recipe.get("index") or 0)]
-    for name, value in (recipe.get("args") or {}).items():
+        job.seeds = [_recipe_int(recipe, "seed") + _recipe_int(recipe, "index")]
+    args = {} if recipe.get("args") is None else recipe["args"]
+    if not isinstance(args, dict):
+        raise _bad_recipe(f"args must be an object, got {_shown(args)}")
+    for name, value in args.items():
         if name in ("prompt", "negative_prompt", *PER_PROMPT):
             continue
         if name in _ARGUMENT_FIELDS:
-            setattr(job, _ARGUMENT_FIELDS[name], value)
+            key = _ARGUMENT_FIELDS[name]
+            number = (int, float) if key in ("guidance", "strength") else int
+            if value is not None and (isinstance(value, bool) or not isinstance(value, number)):
+                kind = "a number" if key in ("guidance", "strength") else "an integer"
+                raise _bad_recipe(f"args.{name} must be {kind}, got {_shown(value)}")
+            setattr(job, key, value)
         else:
             job.params[name] = value
-    for name, items in (recipe.get("inputs") or {}).items():
+    inputs = {} if recipe.get("inputs") is None else recipe["inputs"]
+    if not isinstance(inputs, dict):
+        raise _bad_recipe(f"inputs must be an object, got {_shown(inputs)}")
+    for name, items in inputs.items():
+        if not isinstance(items, list) or not items or not all(
+                isinstance(item, dict) and isinstance(item.get("source"), str) and item["source"] for item in items):
+            raise _bad_recipe(f"inputs.{name} must be a list of {{\"source\": ...}} objects")
         refs = [item["source"] for item in items]
         if name == "image":
             job.image = refs

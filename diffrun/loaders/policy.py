@@ -24,6 +24,9 @@ class FetchPolicy:
     max_redirects: int = 5
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
+    regular_files_only: bool = False
+    """Local inputs must be regular files outside /proc, /sys and /dev (manifest rows, --from recipes);
+    otherwise a FIFO or device is read like stdin, within the deadline (loaders/special.py)."""
     background: tuple[int, int, int] = (255, 255, 255)
     """Colour that transparent pixels are composited onto."""
     allow_hosts: tuple[str, ...] = ()

@@ -189,5 +189,4 @@ def _describe_non_image(head: bytes) -> tuple[str, str]:
         decoded = head[: e.start].decode("utf-8") if e.start >= len(head) - 3 else ""
     if decoded and all(c.isprintable() or c in "\t\r\n" for c in decoded):
         return "not an image (looks like text)", "not_an_image"
-    shown = head[:8].hex(" ")
-    return f"not an image: unrecognised data (first bytes {shown})", "not_an_image"
+    return "not an image (unrecognised binary data)", "not_an_image"

@@ -24,6 +24,7 @@ from diffrun.errors import InputError
 from diffrun.loaders.datauri import parse_data_uri
 from diffrun.loaders.policy import FetchPolicy
 from diffrun.loaders.redact import display_ref
+from diffrun.loaders.special import read_special
 
 KINDS = ("path", "file", "http", "data", "stdin", "bytes", "image")
 
@@ -100,6 +101,9 @@ def read_source(ref: Any, policy: FetchPolicy | None = None, *, display: str | N
     if kind == "http":
         return _fetch(ref, policy, shown)
     path = file_uri_to_path(ref, shown) if kind == "file" else _local_path(ref, shown)
+    special = read_special(path, policy, shown)  # FIFOs and devices within the deadline; rows: regular files only
+    if special is not None:
+        return RawInput(special, kind, shown)
     return RawInput(read_file(path, policy, shown), kind, shown)
 
 

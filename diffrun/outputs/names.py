@@ -31,18 +31,55 @@ def model_name(model: str) -> str:
     return safe_name(last)
 
 
+NUMERIC_FIELDS = ("seed", "index")
+_WIDTH_SPEC = re.compile(r"^0?[1-9][0-9]?d?$")
+"""The one format spec a template may use, on {seed} and {index}: a width up to 99, zero-padded (`{index:03}`)."""
+_PLACEHOLDERS = {"seed": 0, "index": 0, "date": "20000101", "time": "000000", "model": "model", "id": "id"}
+
+
 def template_fields(output: str) -> list[str]:
-    """The replacement fields in `output` (empty for a plain name); unknown fields raise UsageError."""
+    """The replacement fields in `output` (empty for a plain name).
+
+    Only bare fields are allowed (`{seed}`), and on {seed} and {index} a zero-padded width up to 99
+    (`{index:03}`): a format spec such as `{seed:>2000000000}` would build a name of any size, and
+    conversions or attribute access reach past the value. Anything else raises UsageError.
+    """
     try:
         parsed = list(string.Formatter().parse(output))
     except ValueError as e:
         raise UsageError(f"bad output template {output!r}: {e}") from e
-    fields = [name for _, name, _, _ in parsed if name is not None]
-    unknown = [f for f in fields if f not in TEMPLATE_FIELDS]
-    if unknown:
-        known = " ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
-        raise UsageError(f"unknown field {{{unknown[0]}}} in output template {output!r}; use {known}")
+    fields = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS:
+            known = " ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+            raise UsageError(f"unknown field {{{name}}} in output template {output!r}; use {known}")
+        if conversion or (spec and not (name in NUMERIC_FIELDS and _WIDTH_SPEC.match(spec))):
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise UsageError(f"{shown} in output template {output!r}: only bare fields such as {{{name}}} "
+                             "(and on {seed}, {index} a zero-padded width such as {index:03}) are allowed")
+        fields.append(name)
     return fields
+
+
+def landing_folder(output: str) -> str:
+    """The real folder `output` writes into (templates filled in, `~` expanded, symlinks and `..` resolved):
+    the output itself when it names a folder (trailing `/`, `.`, `..`, an existing folder), else its parent."""
+    text = os.path.expanduser(output.format(**_PLACEHOLDERS) if template_fields(output) else output)
+    if text.endswith(("/", os.sep)) or os.path.basename(text) in (".", "..") or os.path.isdir(text):
+        return os.path.realpath(text)
+    return os.path.realpath(os.path.dirname(text) or ".")
+
+
+def is_inside(output: str, folder: str | Path) -> bool:
+    """True when every file `output` (a path, folder or template) can name lands in `folder` or below it.
+
+    Field values cannot leave a folder (ids and model names are made filename-safe; numbers are digits),
+    so checking the template with placeholder values checks every name it makes.
+    """
+    root = os.path.realpath(folder)
+    return os.path.commonpath([root, landing_folder(output)]) == root
 
 
 def _with_suffix(name: str, suffix: str) -> str:

@@ -33,7 +33,7 @@ def _as_recipe(text: str | bytes | None) -> dict | None:
         return None
     try:
         value = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested thousands deep
         return None
     return value if isinstance(value, dict) else None
 

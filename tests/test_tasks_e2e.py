@@ -24,9 +24,12 @@ def ok(proc) -> dict:
 
 def test_readme_video_example_is_sized_from_the_input(tiny_svd: Path, tmp_path: Path) -> None:
     # The README's example, no --width/--height: SVD's class default (1024x576) used to make it run for minutes.
-    summary = ok(diffrun("generate", "-m", str(tiny_svd), "-i", str(SAMPLE), "--frames", "4", "--steps", "2",
-                         "--device", "cpu", "-o", "clip.mp4", "--sidecar", "--json", cwd=tmp_path, timeout=120))
+    proc = diffrun("generate", "-m", str(tiny_svd), "-i", str(SAMPLE), "--frames", "4", "--steps", "2",
+                   "--device", "cpu", "-o", "clip.mp4", "--sidecar", "--json", cwd=tmp_path, timeout=120)
+    summary = ok(proc)
     assert summary["task"] == "image-to-video" and summary["outputs"] == ["clip.mp4"]
+    # Nothing from third-party libraries reaches stderr (transformers' torchvision fallback notice did).
+    assert "[transformers]" not in proc.stderr.decode() and "torchvision" not in proc.stderr.decode()
     recipe = json.loads((tmp_path / "clip.mp4.json").read_text())
     assert (recipe["args"]["width"], recipe["args"]["height"]) == (32, 32)  # 128x128 into the model's 32x32 area
     import imageio.v3 as iio

@@ -46,6 +46,9 @@ def declared_class(options: ModelOptions) -> type | None:
     name = index.get("_class_name") if index else None
     if not isinstance(name, str) or not name.isidentifier() or not name.endswith("Pipeline"):
         return None  # custom pipelines name a [module, class] pair: their __call__ is only known after loading
+    from diffrun.pipelines.loading import quiet_libraries
+
+    quiet_libraries()  # importing a pipeline module can already make transformers talk (a torchvision fallback)
     return variants.diffusers_class(name)
 
 

@@ -103,7 +103,7 @@ def test_from_asks_for_an_input_it_cannot_load_again(tmp_path: Path, inputs: dic
     assert said in info.value.message and "https://h/" not in info.value.hint
     assert info.value.hint.startswith(f"give it again: {flag}")
     given = Job(image=["new.png"]) if flag == "-i" else Job(mask="new.png")
-    job, model = generate_cli._from_recipe(path, given)  # given again: the rerun goes ahead with it
+    job, model, _ = generate_cli._from_recipe(path, given)  # given again: the rerun goes ahead with it
     assert model == "m" and (job.image == ["new.png"] or job.mask == "new.png")
 
 

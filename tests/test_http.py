@@ -227,6 +227,20 @@ def test_redirect_to_non_http_is_refused(server, target):
     assert err.code == "redirect"
 
 
+def test_redirect_to_an_invalid_url_is_an_input_error(server):
+    server.redirect("/bad", "http://[::1/x")  # urljoin raises ValueError on it
+    err = fails(server.url("/bad"))
+    assert err.reason == "redirect to an invalid URL" and err.code == "redirect"
+
+
+def test_a_cookie_one_server_sets_never_travels_with_a_later_input(server):
+    first = server.add("/set.png", BODY, headers={"Set-Cookie": "sid=secret; Path=/"})
+    later = server.add("/later.png", BODY)
+    assert fetch(first, FAST).data == BODY
+    assert fetch(later, FAST).data == BODY
+    assert "Cookie" not in server.log[-1].headers
+
+
 def test_non_http_url_is_refused():
     err = fails("ftp://127.0.0.1/x.png")
     assert "http" in err.reason

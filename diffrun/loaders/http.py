@@ -14,6 +14,7 @@ no proxies or netrc from the environment, and connections pinned to the addresse
 
 from __future__ import annotations
 
+import http.cookiejar
 import os
 import threading
 import urllib.request
@@ -119,6 +120,9 @@ def _new_session(policy: FetchPolicy) -> requests.Session:
     guarded = guard_on(policy)
     sess = requests.Session()
     sess.headers["User-Agent"] = USER_AGENT
+    # One session serves every input (and later every client of a server): a cookie one server sets
+    # must never travel with another input's request.
+    sess.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     # requests re-reads proxies, CA bundle and netrc from the environment on every request (~2 ms
     # each). Without proxy variables or a netrc file, read the CA bundle once and skip the rest.
     # Under the guard the environment's proxies are never used: the checked address is the one
@@ -179,7 +183,10 @@ def _follow(url: str, policy: FetchPolicy, call: Call, shown: str) -> Fetched:
             location = resp.headers.get("Location")
             if resp.status_code in REDIRECT_STATUSES and location:
                 _discard(resp)
-                target = urljoin(current, location.strip())
+                try:
+                    target = urljoin(current, location.strip())
+                except ValueError:  # "http://[::1/x": urllib refuses it outright
+                    raise InputError(shown, "redirect to an invalid URL", code="redirect") from None
                 _check_scheme(target, shown, "redirect to a non-http(s) URL refused", "redirect")
                 if target in seen:
                     raise InputError(shown, "redirect loop", code="redirect")
@@ -239,6 +246,8 @@ def _get(url: str, policy: FetchPolicy, call: Call, shown: str) -> requests.Resp
         raise InputError(shown, f"gave up after {attempts(call)}: {cause(err)}", code="connection") from err
     except (rex.InvalidURL, rex.MissingSchema, rex.InvalidSchema, rex.URLRequired) as err:
         raise InputError(shown, f"not a valid URL: {cause(err)}", code="invalid_url") from err
+    except ValueError as err:  # requests parses a redirect's Location even with allow_redirects=False
+        raise InputError(shown, "redirect to an invalid URL", code="redirect") from err
     except rex.ConnectionError as err:
         if call.expired():
             raise DeadlineExceeded("waiting for the response") from err

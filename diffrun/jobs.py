@@ -137,6 +137,10 @@ def job_problems(job: Job, *, max_images: int = DEFAULT_MAX_IMAGES, names: dict[
     for key in job.inputs:
         if not_settable(key):
             problems.append(f"{name('inputs')} {key}: not an image argument")
+    given = [key for key in PER_PROMPT if key in job.params]
+    if len(given) > 1 or (given and job.num_images is not None):
+        problems.append(f"{name('num_images')} and {name('params')} {given[-1]} both set the images per seed: "
+                        "give the count once")
     per_seed = images_per_seed(job)
     for seed in job.seeds:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:

@@ -213,7 +213,7 @@ def _field(key: str, value: Any, base: Path, csv_row: bool) -> Any:
     if key == "inputs":
         out = {}
         for name, refs in _object(value, key).items():
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise _Bad(f"inputs: {name!r} is not a pipeline argument name")
             out[name] = [resolve_ref(r, base) for r in _refs(refs, f"inputs.{name}", False)]
         return out
@@ -269,7 +269,7 @@ def parse_manifest(text: str, *, defaults: Job | None = None, base: Path | None 
             auto[job.id] = auto.get(job.id, 0) + 1
             if auto[job.id] > 1:
                 job.id = f"{job.id}-{auto[job.id]}"
-        elif isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or not _ID.match(str(raw_id)):
+        elif isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or not _ID.fullmatch(str(raw_id)):
             problems.append((line, f"id must be 1-128 letters, digits, '.', '_' or '-' (first a letter or "
                                    f"digit), got {raw_id!r}"))
             continue

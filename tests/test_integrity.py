@@ -55,6 +55,18 @@ def test_a_planted_results_log_link_is_refused_and_its_target_untouched(monkeypa
     assert victim.read_text() == "precious\n"
 
 
+@pytest.mark.timeout(60)
+def test_a_fifo_at_the_results_log_is_refused_not_waited_on(monkeypatch, tmp_path: Path) -> None:
+    config = _fake_pipeline(monkeypatch, tmp_path)
+    os.mkfifo(config.results)  # opening it for reading or writing would block until a peer came
+    with pytest.raises(UsageError) as caught:
+        run_batch(jobs(1), config)
+    assert caught.value.code == "not_a_file" and "not a regular file" in caught.value.message
+    with pytest.raises(UsageError, match="not a regular file"):
+        read_records(config.results)
+    assert not list(tmp_path.glob("j*.png"))
+
+
 # -- item 11: one runner per results log -----------------------------------------------------------
 
 HOLD_LOCK = """

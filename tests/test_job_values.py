@@ -35,6 +35,15 @@ def test_images_per_job_are_capped_and_the_cap_can_be_raised() -> None:
     assert "integer" in job_problems(Job(seeds=[1], params={"num_images_per_prompt": "many"}))[0]
 
 
+def test_the_images_per_seed_are_given_once_so_the_cap_sees_them() -> None:
+    # --num-images 1 --param num_images_per_prompt=5000 slipped past --max-images and made 5000 images
+    # for one planned output (exit 70 when writing).
+    for job in (Job(seeds=[1], num_images=1, params={"num_images_per_prompt": 5000}),
+                Job(seeds=[1], params={"num_images_per_prompt": 2, "num_videos_per_prompt": 3})):
+        assert any("give the count once" in p for p in job_problems(job))
+    assert job_problems(Job(seeds=[1], params={"num_images_per_prompt": 5000})) != []  # over the cap
+
+
 def test_non_finite_numbers_tensor_arguments_and_control_characters_are_refused() -> None:
     flags = {"guidance": "--guidance", "params": "--param", "inputs": "--input", "output": "--output"}
     for job, words in [

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import threading
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -29,6 +30,18 @@ STATUSES = (OK, FAILED, SKIPPED)
 
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# A FIFO or device at the log's path must not block the open (a FIFO without a reader would hang the run).
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def _open_regular(path: Path, flags: int, mode: int = 0o666) -> int:
+    """os.open that refuses (UsageError, exit 2) anything but a regular file, without blocking on it."""
+    fd = os.open(path, flags | _NOFOLLOW | _NONBLOCK, mode)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"results log {path} is not a regular file", hint="give --results a file path",
+                         code="not_a_file")
+    return fd
 
 
 def _open_error(path: Path, exc: OSError, *, writing: bool = False) -> DiffrunError:
@@ -47,7 +60,7 @@ def _open_error(path: Path, exc: OSError, *, writing: bool = False) -> DiffrunEr
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Every well-formed record of the log, in order; a missing file is an empty log."""
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        fd = _open_regular(Path(path), os.O_RDONLY)
     except FileNotFoundError:
         return []
     except OSError as exc:
@@ -101,8 +114,8 @@ class ResultsLog:
 
     def _open(self) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(self.path, flags, 0o666)  # held open for the whole run, closed in close()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        fd = _open_regular(self.path, flags)  # held open for the whole run, closed in close()
         try:
             size = os.fstat(fd).st_size
             if size > 0:
@@ -121,11 +134,14 @@ class ResultsLog:
     def check(self) -> None:
         """Refuse a log that is a symbolic link, or that exists and cannot be appended to; no file is made."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | _NOFOLLOW)
+            fd = _open_regular(self.path, os.O_WRONLY | os.O_APPEND)
         except FileNotFoundError:
             return
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            if exc.errno in (errno.ELOOP, errno.ENXIO):  # ENXIO: a FIFO nobody reads
+                if exc.errno == errno.ENXIO:
+                    raise UsageError(f"results log {self.path} is not a regular file",
+                                     hint="give --results a file path", code="not_a_file") from None
                 raise _open_error(self.path, exc) from None
             raise UsageError(f"results log {self.path} is not writable: {exc.strerror or exc}",
                              code="not_writable") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +56,7 @@ def _image_texts(path: Path) -> Iterator[str | bytes]:
                 yield recipe_from_xmp(xmp) or ""
             if im.info.get("comment"):  # GIF
                 yield im.info["comment"]
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError):
         return
 
 

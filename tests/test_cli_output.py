@@ -234,3 +234,32 @@ def test_bash_sources_the_script_and_completes(tmp_path: Path) -> None:
     env = cli_env(PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}", HOME=str(tmp_path))
     proc = subprocess.run(["bash", "--norc", "-c", script], capture_output=True, env=env, timeout=60)
     assert proc.stdout.decode().split() == ["--negative-prompt"], proc.stderr.decode()
+
+
+def _closing(fd: int):
+    return lambda: os.close(fd)
+
+
+def test_a_closed_stdout_is_141_and_a_closed_or_full_stderr_keeps_the_exit_code(tmp_path: Path) -> None:
+    # Started with fd 1 closed (`>&-`): exit 141 as for a reader gone away, not a traceback and exit 1.
+    for args in (("env",), ("--version",), ("inspect", str(SAMPLE))):
+        proc = subprocess.run([sys.executable, "-m", "diffrun", *args], capture_output=False, stderr=subprocess.PIPE,
+                              preexec_fn=_closing(1), env=cli_env(), timeout=120)
+        assert proc.returncode == 141, (args, proc.stderr.decode())
+        assert b"Traceback" not in proc.stderr
+    # A reader that goes away before the report is written (`diffrun env | true`): 141, rich's exit 1 was wrong.
+    reader = subprocess.Popen(["true"], stdin=subprocess.PIPE)
+    reader.wait()
+    proc = subprocess.run([sys.executable, "-m", "diffrun", "env"], stdout=reader.stdin, stderr=subprocess.PIPE,
+                          env=cli_env(), timeout=120)
+    reader.stdin.close()
+    assert proc.returncode == 141, proc.stderr.decode()
+    # stderr closed (2>&-) or full (2>/dev/full): the logs are lost, the exit code is still the input's 3.
+    missing = str(tmp_path / "nope.png")
+    closed = subprocess.run([sys.executable, "-m", "diffrun", "inspect", missing], stdout=subprocess.PIPE,
+                            preexec_fn=_closing(2), env=cli_env(), timeout=120)
+    assert closed.returncode == 3
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "diffrun", "inspect", missing], stdout=subprocess.PIPE,
+                              stderr=full, env=cli_env(), timeout=120)
+    assert proc.returncode == 3

@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the app on argv; return the exit code (expected failures already reported on stderr)."""
     # Pillow warns about corrupt EXIF and the like on stderr; the input still loads, so stay quiet.
     warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+    if sys.stdout is None:  # started with fd 1 closed (`>&-`): results fail as a closed pipe does (141)
+        sys.stdout = console.ClosedStdout()
     args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     console.State.debug = debug or os.environ.get("DIFFRUN_DEBUG", "").lower() in ("1", "true", "yes")
     _register()
@@ -144,6 +146,6 @@ def entry() -> None:
     """
     code = main()
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # AttributeError: a closed stream is None
             stream.flush()
     os._exit(code)

@@ -4,6 +4,8 @@ stdout carries results only: image bytes, JSON, and reports (tables) through `re
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import sys
@@ -33,10 +35,60 @@ def stdout_is_terminal() -> bool:
         return False
 
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+class _Stderr(io.TextIOBase):
+    """sys.stderr as it is at each write (cstderr swaps it during a TIFF decode), where a write that
+    fails (closed with 2>&-, a reader gone, 2>/dev/full) is dropped: logs never change a run's exit code."""
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        try:
+            return sys.stderr is not None and sys.stderr.isatty()
+        except (AttributeError, ValueError, OSError):
+            return False
+
+    def fileno(self) -> int:
+        return sys.stderr.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(sys.stderr, "encoding", None) or "utf-8"
+
+
+class _ReportConsole(Console):
+    """The stdout console: a reader gone away is BrokenPipeError (report() makes it StdoutClosed, exit
+    141), where rich's default would exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError("stdout closed")
+
+
+class ClosedStdout(io.TextIOBase):
+    """What sys.stdout is when diffrun starts with fd 1 closed (`>&-`): every write is a broken pipe."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError("stdout is closed")
+
+    @property
+    def buffer(self):  # type: ignore[override]
+        raise BrokenPipeError("stdout is closed")
+
+    def isatty(self) -> bool:
+        return False
+
+
+err = Console(file=_Stderr(), highlight=False, soft_wrap=True)
 # Reports (tables of inspect, env, batch --dry-run, ...) are results: they go to stdout. Off a terminal
 # nothing is cut at 80 columns (paths are what people grep for).
-out = Console(highlight=False, soft_wrap=True, width=None if stdout_is_terminal() else 100_000)
+out = _ReportConsole(highlight=False, soft_wrap=True, width=None if stdout_is_terminal() else 100_000)
 
 MAX_TEXT = 500
 """Longest outside string (path, URL, server text) shown in one message."""
@@ -80,9 +132,20 @@ def warn(message: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {_line(message)}")
 
 
+MAX_DETAIL_LINES = 50
+
+
 def error(message: str, hint: str | None = None) -> None:
-    """One clear line (and an optional hint) on stderr, plain text when stderr is not a terminal."""
-    err.print(f"[bold red]error:[/bold red] {_line(message)}")
+    """One clear line (and an optional hint) on stderr, plain text when stderr is not a terminal.
+
+    A message of several lines (a manifest's problems, one per line) keeps them apart, indented under
+    the first, at most MAX_DETAIL_LINES of them."""
+    first, *details = message.split("\n") or [""]
+    err.print(f"[bold red]error:[/bold red] {_line(first)}")
+    for detail in details[:MAX_DETAIL_LINES]:
+        err.print(f"  {_line(detail.strip())}")
+    if len(details) > MAX_DETAIL_LINES:
+        err.print(f"  ... and {len(details) - MAX_DETAIL_LINES} more")
     if hint:
         err.print(f"  [dim]hint:[/dim] {_line(hint)}")
 

@@ -156,6 +156,11 @@ def test_bad_values_on_the_command_line_are_one_line_usage_errors(tmp_path: Path
         (["generate", "--from", str(recipe), "-o", str(tmp_path / "r.png")], "bad recipe: model must be a string"),
         (["batch", str(manifest), "-m", "x", "-s", "-1", "-o", str(tmp_path / "b")], "--seed -1 is out of range"),
         (["batch", str(manifest), "-m", "x", "-o", str(tmp_path / "{id}-{seed:>2000000000}.png")], "only bare"),
+        # Found in review: each was exit 70, or passed where it should not.
+        ([*gen[:-2], "--param", "a=" + "[" * 5000 + "]" * 5000], "nested too deeply"),
+        (["generate", "--from", str(tmp_path / "missing.png"), "-o", str(tmp_path / "f.png")], "no such file"),
+        (["generate", "-m", str(fake_model), "-p", "x", "-o", "/proc/diffrun-no/x.png"], "output folder", 2),
+        (["batch", str(manifest), "--dry-run", "-m", str(tmp_path / "no-model")], "no such file or folder", 4),
     ]
     cases = [case if len(case) == 3 else (*case, 2) for case in cases]
     proc = subprocess.run([sys.executable, "-c", _CASES, json.dumps([case[0] for case in cases])],

@@ -306,3 +306,9 @@ def test_sibling_classes_by_family_name(sd: LoadedModel, svd: LoadedModel) -> No
     assert _sibling_class(sd.pipe, "inpainting").__name__ == "StableDiffusionInpaintPipeline"
     assert _sibling_class(svd.pipe, "text-to-image") is None  # no StableVideoDiffusion text-to-image class
     assert _sibling_class(sd.pipe, "image-to-video") is None
+
+
+def test_an_argument_the_pipeline_trips_over_is_a_usage_error_not_a_crash(sd: LoadedModel) -> None:
+    # clip_skip past the text encoder's layers raised IndexError inside diffusers: exit 70 before.
+    with pytest.raises(UsageError, match="rejected the arguments"):
+        run(sd, [Request("x", None, {}, {**STEPS, "width": 32, "height": 32, "clip_skip": 100}, 0)])

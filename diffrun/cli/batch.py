@@ -211,6 +211,8 @@ def batch(
         vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention_slicing=attention_slicing,
         compile_=compile_, scheduler=scheduler, lora=lora, threads=threads)
     if dry_run:
+        if runtime is not None:  # a dry run with -m checks the reference too: a CI typo in -m fails here
+            check_model_ref(runtime.model, runtime.revision)
         # Which jobs changed since their last run needs the model settings: with -m, the same as a run's.
         settings = resume.run_settings(runtime, output_dir=folder, quality=quality, fps=fps)
         prints = resume.fingerprints(jobs, settings) if runtime is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from dataclasses import replace
@@ -148,6 +149,19 @@ def _from_recipe(path: Path, flags: Job) -> tuple[Job, str | None, bool]:
 _INPUT_FLAGS = {"image": "-i/--image REF", "mask_image": "--mask REF"}
 
 
+def _check_folders(job: Job, save_inputs: Path | None) -> None:
+    """The output's folder (a file or template's fixed leading folder) and --save-inputs are writable (exit 2)."""
+    from diffrun.outputs.atomic import check_writable
+
+    if job.output not in (None, "-"):
+        fixed = job.output.split("{", 1)[0]
+        target = Path(fixed).expanduser()
+        folder = target if job.output.endswith(("/", os.sep)) or target.is_dir() else target.parent
+        check_writable(folder, "output folder")
+    if save_inputs is not None:
+        check_writable(save_inputs.expanduser(), "--save-inputs folder")
+
+
 def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool, quality: int | None,
          sidecar: bool, show: bool) -> dict:
     """The model reference, the inputs (a bad one fails before the model loads), the model, the pipeline, the files."""
@@ -157,6 +171,7 @@ def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool
     from diffrun.pipelines.runtime import cpu_threads
 
     check_model_ref(runtime.model, runtime.revision)  # first: a stat or a cache look, no torch, no network
+    _check_folders(job, save_inputs)  # as batch does: a folder that cannot be written fails before any work
     # A first Ctrl-C/SIGTERM raises KeyboardInterrupt wherever the main thread is (cli/app.py installs
     # engine/signals.py); these checks catch one that library code swallowed, at each phase and step.
     timings: dict[str, float] = {}

@@ -20,7 +20,7 @@ from diffrun.units import format_size
 def inspect(
     refs: Annotated[list[str], typer.Argument(
         metavar="REF...", help="Paths, file:// or http(s) URLs, data: URIs, or - for stdin.")],
-    workers: Annotated[int, typer.Option("--workers", min=1, envvar="DIFFRUN_WORKERS",
+    workers: Annotated[int, typer.Option("--workers", min=1, envvar="DIFFRUN_INSPECT_WORKERS",
                                          help="Inputs loaded at once.")] = 8,
     json_out: options.Json = False,
     quiet: options.Quiet = False,

@@ -176,6 +176,8 @@ def parse_params(values: list[str] | None) -> dict:
             params[name] = json.loads(raw)
         except ValueError:
             params[name] = raw
+        except RecursionError:  # nested thousands deep: no pipeline argument is shaped like that
+            raise UsageError(f"--param {name}: the JSON value is nested too deeply") from None
     return params
 
 

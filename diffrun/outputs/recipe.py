@@ -107,4 +107,6 @@ def read_recipe(path: str | Path) -> dict:
         recipe = _as_recipe(sidecar.read_bytes())
         if recipe is not None:
             return recipe
-    raise UsageError(f"no diffrun recipe in {path}")
+    if not path.exists() and not sidecar.exists():
+        raise UsageError(f"--from {path}: no such file", hint="give an image, video or .json diffrun wrote")
+    raise UsageError(f"no diffrun recipe in {path}", hint="--from takes an output diffrun wrote, or its .json sidecar")

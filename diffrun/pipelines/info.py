@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from importlib import metadata
 from typing import Any
+
+from diffrun.pipelines.reference import offline
 
 
 def _version(package: str) -> str | None:
@@ -42,5 +43,5 @@ def environment() -> dict[str, Any]:
         "cuda_available": cuda,
         "mps_available": mps,
         "hf_cache": str(constants.HF_HUB_CACHE),
-        "offline": os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"},
+        "offline": offline(),
     }

@@ -88,7 +88,7 @@ def run(model: LoadedModel, requests: list[Request],
         if is_out_of_memory(exc):
             raise OutOfMemoryError(f"out of memory on {model.device} running {type(pipe).__name__}",
                                    hint=OOM_HINT) from exc
-        if isinstance(exc, (ValueError, TypeError)):
+        if isinstance(exc, (ValueError, TypeError, IndexError, KeyError)):  # e.g. clip_skip past the layers
             raise UsageError(f"{type(pipe).__name__} rejected the arguments: {first_line(exc)}") from exc
         raise
     return _outputs(result, requests, plan, count)

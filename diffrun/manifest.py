@@ -34,7 +34,7 @@ from diffrun.manifest_rows import MAX_DEPTH, decode_manifest, detect_format, rea
 from diffrun.manifest_rows import RowProblem as _Bad
 from diffrun.manifest_rows import json_value as _json
 from diffrun.manifest_rows import type_name as _type
-from diffrun.outputs.names import is_inside, template_fields
+from diffrun.outputs.names import fill_placeholders, path_inside, template_fields
 
 __all__ = ["FIELDS", "MAX_DEPTH", "Manifest", "content_id", "decode_manifest", "detect_format", "load_manifest",
            "parse_manifest", "read_rows", "resolve_ref", "row_job"]
@@ -144,10 +144,14 @@ def _resolve_output(output: str, out_dir: Path, allow_outside: bool) -> str:
     if any(ord(c) < 32 or c == "\x7f" for c in output):
         raise _Bad("output must not contain control characters (NUL, newline, ...)")
     try:
-        template_fields(output)
+        template_fields(output)  # a bad template is the row's problem
         path = os.path.expanduser(output)
-        path = path if os.path.isabs(path) else os.path.join(out_dir, path)
-        if not allow_outside and not is_inside(path, out_dir):
+        filled = os.path.expanduser(fill_placeholders(output))
+        if not os.path.isabs(path):
+            # out_dir is a plain folder: braces in its name (a{b}) stay literal in the row's template
+            folder = str(out_dir).replace("{", "{{").replace("}", "}}")
+            path, filled = os.path.join(folder, path), os.path.join(str(out_dir), filled)
+        if not allow_outside and not path_inside(filled, out_dir):
             raise _Bad(f"output {output!r} lands outside the output folder {out_dir} "
                        "(pass --allow-outside-output to allow it)")
     except UsageError as e:

@@ -230,3 +230,17 @@ def test_counts_seeds_numbers_and_templates_are_bounded_per_row() -> None:
     assert "finite" in found[10] and "finite" in found[11]
     jobs = parse_manifest(jsonl({"id": "many", "num_images": 5000}), fmt="jsonl", max_images=5000).jobs
     assert jobs[0].num_images == 5000  # the cap is overridable
+
+
+def test_an_output_folder_with_braces_in_its_name_is_a_folder_not_a_template(tmp_path: Path) -> None:
+    from diffrun.outputs.names import plan_outputs, template_fields
+
+    out = tmp_path / "c{d}" / "out"
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "b", "output": "sub/b.png"}\n{"id": "c", "output": "t/{id}-{seed}.png"}\n')
+    jobs = {job.id: job for job in load_manifest(str(manifest), output_dir=out).jobs}
+    for job_id, expected in (("b", out / "sub" / "b.png"), ("c", out / "t" / "c-5.png")):
+        job = jobs[job_id]
+        template_fields(job.output)  # a template the planner accepts (the folder's braces escaped)
+        assert plan_outputs(job.output, seeds=[5], per_seed=1, kind="image", model="m", job_id=job_id,
+                            overwrite=False) == [str(expected)]

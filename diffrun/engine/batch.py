@@ -314,10 +314,10 @@ class BatchRunner:
     def _check_targets(self, job: Job, targets: list[str]) -> bool:
         """Refuse targets outside the output folder and files that are not the job's own; True when some
         existing file (the job's own) is to be replaced."""
-        from diffrun.outputs.names import is_inside
+        from diffrun.outputs.names import path_inside
 
         if not self.config.allow_outside_output:
-            outside = [t for t in targets if not is_inside(t, self.config.output_dir)]
+            outside = [t for t in targets if not path_inside(t, self.config.output_dir)]
             if outside:
                 raise UsageError(f"{outside[0]} is outside the output folder {self.config.output_dir}",
                                  hint="pass --allow-outside-output to allow it", code="outside_output")

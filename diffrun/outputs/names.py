@@ -66,7 +66,16 @@ def template_fields(output: str) -> list[str]:
 def landing_folder(output: str) -> str:
     """The real folder `output` writes into (templates filled in, `~` expanded, symlinks and `..` resolved):
     the output itself when it names a folder (trailing `/`, `.`, `..`, an existing folder), else its parent."""
-    text = os.path.expanduser(output.format(**_PLACEHOLDERS) if template_fields(output) else output)
+    return _landing(fill_placeholders(output))
+
+
+def fill_placeholders(output: str) -> str:
+    """`output` with every field of a template filled with a placeholder value (as is when it has none)."""
+    return output.format(**_PLACEHOLDERS) if template_fields(output) else output
+
+
+def _landing(path: str) -> str:
+    text = os.path.expanduser(path)
     if text.endswith(("/", os.sep)) or os.path.basename(text) in (".", "..") or os.path.isdir(text):
         return os.path.realpath(text)
     return os.path.realpath(os.path.dirname(text) or ".")
@@ -78,8 +87,20 @@ def is_inside(output: str, folder: str | Path) -> bool:
     Field values cannot leave a folder (ids and model names are made filename-safe; numbers are digits),
     so checking the template with placeholder values checks every name it makes.
     """
+    return _under(landing_folder(output), folder)
+
+
+def path_inside(path: str | Path, folder: str | Path) -> bool:
+    """True when `path` (a name already filled in: braces in it are literal) lands in `folder`."""
+    return _under(_landing(str(path)), folder)
+
+
+def _under(real: str, folder: str | Path) -> bool:
     root = os.path.realpath(folder)
-    return os.path.commonpath([root, landing_folder(output)]) == root
+    try:
+        return os.path.commonpath([root, real]) == root
+    except ValueError:  # two Windows drives: not inside
+        return False
 
 
 def _with_suffix(name: str, suffix: str) -> str:
@@ -186,6 +207,7 @@ def plan_outputs(
         for name in {os.path.splitext(n)[1].lower(): n for n in names}.values():
             check_extension(name, kind)
     else:
+        output = output.format() if "{{" in output or "}}" in output else output  # escaped braces: literal
         check_extension(output, kind)
         names = _from_plain(output, pairs, list(seeds))
     if not overwrite:

@@ -156,6 +156,8 @@ def dry_run(pipe: Any) -> str | None:
     name = next((n for n in ("transformer", "unet") if isinstance(getattr(pipe, n, None), torch.nn.Module)), None)
     if name is None or hasattr(getattr(pipe, name), "_orig_mod"):  # none, or torch.compile'd: not worth a recompile
         return None
+    if hasattr(getattr(pipe, name), "_hf_hook"):  # --offload: the probe would stream every module to the GPU
+        return None
     denoiser = getattr(pipe, name)
     entered: list[bool] = []  # whether a failure came from inside the denoiser
 

@@ -28,8 +28,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from diffrun.errors import ManifestError, UsageError
+from diffrun.errors import InputError, ManifestError, UsageError
 from diffrun.jobs import DEFAULT_MAX_IMAGES, Job, job_problems
+from diffrun.loaders.sources import classify
 from diffrun.manifest_rows import MAX_DEPTH, decode_manifest, detect_format, read_rows
 from diffrun.manifest_rows import RowProblem as _Bad
 from diffrun.manifest_rows import json_value as _json
@@ -47,7 +48,6 @@ _INTS = ("steps", "width", "height", "frames", "fps", "num_images")
 _FLOATS = ("guidance", "strength")
 _STRINGS = ("prompt", "negative_prompt")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _MAX_PROBLEMS_SHOWN = 50
 
 
@@ -130,8 +130,10 @@ def _seeds(value: Any, csv_row: bool) -> list[int]:
 
 def resolve_ref(ref: str, base: Path) -> str:
     """A relative local path resolved against `base`; URLs, data: URIs and absolute paths unchanged."""
-    match = _SCHEME.match(ref)
-    if match and len(match.group(1)) > 1:
+    try:
+        if classify(ref) != "path":  # the loader's own rule, so `a:b.png` is the manifest folder's file
+            return ref
+    except InputError:  # ftp://, s3://: left for the loader to refuse with its own message
         return ref
     path = Path(os.path.expanduser(ref))
     return ref if path.is_absolute() else str(base / path)

@@ -244,3 +244,11 @@ def test_an_output_folder_with_braces_in_its_name_is_a_folder_not_a_template(tmp
         template_fields(job.output)  # a template the planner accepts (the folder's braces escaped)
         assert plan_outputs(job.output, seeds=[5], per_seed=1, kind="image", model="m", job_id=job_id,
                             overwrite=False) == [str(expected)]
+
+
+def test_a_row_path_with_a_colon_resolves_against_the_manifest_folder_as_the_loader_reads_it(tmp_path: Path) -> None:
+    from diffrun.manifest import resolve_ref
+
+    assert resolve_ref("a:b.png", tmp_path) == str(tmp_path / "a:b.png")  # a file name, not a scheme
+    for ref in ("https://x.example/a.png", "data:image/png;base64,AAAA", "ftp://x/a.png", "file:///a.png"):
+        assert resolve_ref(ref, tmp_path) == ref

@@ -39,27 +39,35 @@ class _Stderr(io.TextIOBase):
     """sys.stderr as it is at each write (cstderr swaps it during a TIFF decode), where a write that
     fails (closed with 2>&-, a reader gone, 2>/dev/full) is dropped: logs never change a run's exit code."""
 
+    @staticmethod
+    def _target():
+        # While a rich Live display runs, sys.stderr is rich's FileProxy, which prints through this very
+        # console: writing to it from here would go round in a circle. Write to the file behind it.
+        stream = sys.stderr
+        return getattr(stream, "rich_proxied_file", stream)
+
     def write(self, text: str) -> int:
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            sys.stderr.write(text)
+            self._target().write(text)
         return len(text)
 
     def flush(self) -> None:
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            sys.stderr.flush()
+            self._target().flush()
 
     def isatty(self) -> bool:
         try:
-            return sys.stderr is not None and sys.stderr.isatty()
+            stream = self._target()
+            return stream is not None and stream.isatty()
         except (AttributeError, ValueError, OSError):
             return False
 
     def fileno(self) -> int:
-        return sys.stderr.fileno()
+        return self._target().fileno()
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
-        return getattr(sys.stderr, "encoding", None) or "utf-8"
+        return getattr(self._target(), "encoding", None) or "utf-8"
 
 
 class _ReportConsole(Console):

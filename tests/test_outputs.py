@@ -352,7 +352,7 @@ def test_read_recipe_refuses_files_diffrun_did_not_write(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(UsageError, match="no diffrun recipe"):
         read_recipe(tmp_path / "notes.txt")
-    with pytest.raises(UsageError, match="missing.png: no such file"):  # not "no recipe": there is no file
+    with pytest.raises(UsageError, match=r"missing\.png: no such file"):  # not "no recipe": there is no file
         read_recipe(tmp_path / "missing.png")
 
 

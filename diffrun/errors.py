@@ -12,6 +12,8 @@ class Exit(IntEnum):
     INPUT = 3
     MODEL = 4
     OUT_OF_MEMORY = 5
+    UNAVAILABLE = 69
+    """The server (`--server`, `--warm`) cannot be reached or is not ready (sysexits' EX_UNAVAILABLE)."""
     INTERNAL = 70
     """A bug in diffrun (sysexits' EX_SOFTWARE); --debug shows the traceback."""
     IO = 74
@@ -90,6 +92,13 @@ class TaskError(ModelError):
 class OutOfMemoryError(DiffrunError):
     exit = Exit.OUT_OF_MEMORY
     category = code = "out_of_memory"
+
+
+class ServerUnavailable(DiffrunError):
+    """A `--server`/`--warm` server that cannot be reached, or is not ready in time (exit 69)."""
+
+    exit = Exit.UNAVAILABLE
+    category = code = "server_unavailable"
 
 
 class DiskError(DiffrunError):

@@ -14,6 +14,7 @@ import typer
 from diffrun.cli import console, options
 from diffrun.cli import job_options as jo
 from diffrun.cli import model_options as mo
+from diffrun.cli import server_options as so
 from diffrun.cli.options import OUTPUT, SAMPLING
 from diffrun.errors import DiffrunError, UsageError
 from diffrun.jobs import DEFAULT_MAX_IMAGES, Job
@@ -73,6 +74,11 @@ def generate(
     background: options.Background = "white",
     allow_host: options.AllowHost = None,
     block_private: options.BlockPrivate = False,
+    server: so.ServerUrl = None,
+    api_key: so.ApiKey = None,
+    server_timeout: so.ServerTimeout = "600",
+    warm: so.Warm = False,
+    keep_alive: so.KeepAlive = "300",
 ) -> None:
     """Run one job: text-to-image, image-to-image, inpainting or image-to-video, chosen from the inputs."""
     console.State.quiet = console.State.quiet or quiet
@@ -94,7 +100,9 @@ def generate(
     if not job.seeds:
         job.seeds = [secrets.randbelow(2**32)]
     jo.check_job(job, max_images)
-    runtime = mo.model_options(
+    remote = so.remote_options(server=server, api_key=api_key, server_timeout=server_timeout, warm=warm,
+                               keep_alive=keep_alive)
+    runtime = None if remote and remote.server and not (model or recipe_model) else mo.model_options(
         model=model or recipe_model, revision=revision, variant=variant, device=device, dtype=dtype,
         offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention_slicing=attention_slicing,
         compile_=compile_, scheduler=scheduler, lora=lora, threads=threads,
@@ -106,8 +114,13 @@ def generate(
     if from_recipe:  # inputs named by a recipe: local ones must be regular files outside /proc, /sys and /dev
         policy = replace(policy, regular_files_only=True)
     try:
-        summary = _run(job, runtime, policy, save_inputs=save_inputs, overwrite=overwrite, quality=quality,
-                       sidecar=sidecar, show=console.show_progress(progress))
+        if remote is not None:
+            summary = _run_remote(job, runtime, policy, remote, model_given=model, save_inputs=save_inputs,
+                                  overwrite=overwrite, quality=quality, sidecar=sidecar,
+                                  show=console.show_progress(progress))
+        else:
+            summary = _run(job, runtime, policy, save_inputs=save_inputs, overwrite=overwrite, quality=quality,
+                           sidecar=sidecar, show=console.show_progress(progress))
     except DiffrunError as exc:
         if json_out:
             console.emit_json({"status": "error", "exit": int(exc.exit), "error": log_message(exc.message),
@@ -216,6 +229,19 @@ def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool
         "dtype": model.dtype, "threads": cpu_threads(), "inputs": inputs.describe(),
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
+
+
+def _run_remote(job: Job, runtime, policy, remote, *, model_given: str | None, save_inputs: Path | None,
+                overwrite: bool, quality: int | None, sidecar: bool, show: bool) -> dict:
+    """The job on a server (--server, --warm): the same checks first, the same files after."""
+    from diffrun.client import run_generate
+    from diffrun.engine import signals
+
+    _check_folders(job, save_inputs)
+    with console.make_progress(show) as bar:
+        return run_generate(job, runtime, policy, remote, model_given=model_given, save_inputs=save_inputs,
+                            overwrite=overwrite, quality=quality, sidecar=sidecar, bar=bar, say=console.warn,
+                            check=signals.check)
 
 
 def register(app: typer.Typer) -> None:

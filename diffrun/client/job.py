@@ -75,8 +75,10 @@ def input_options(policy: FetchPolicy) -> dict[str, Any]:
 
 def request(job: Job, seed: int, prepared: Prepared, policy: FetchPolicy) -> tuple[str, dict[str, Any]]:
     """(route, JSON body) for one seed of the job."""
-    body: dict[str, Any] = {"n": images_per_seed(job), "seed": seed, "response_format": "b64_json",
+    body: dict[str, Any] = {"seed": seed, "response_format": "b64_json",
                             "output_format": "png", "raw": True, "size": "auto", "input_options": input_options(policy)}
+    if job.num_images is not None or images_per_seed(job) != 1:
+        body["n"] = images_per_seed(job)
     if job.prompt is not None:
         body["prompt"] = job.prompt
     if job.negative_prompt is not None:
@@ -149,6 +151,9 @@ def recipe_for(item: Item, job: Job, prepared: Prepared) -> dict[str, Any]:
     """The server's recipe with what only the client knows: the job id and how its inputs were given."""
     recipe = dict(item.recipe)
     recipe["job_id"] = job.id
+    args = recipe.get("args")
+    if isinstance(args, dict) and job.num_images is None and not any(name in job.params for name in PER_PROMPT):
+        recipe["args"] = {k: v for k, v in args.items() if k not in PER_PROMPT or v != 1}  # n=1 is the default
     served = recipe.get("inputs") if isinstance(recipe.get("inputs"), dict) else {}
     inputs: dict[str, list[Any]] = {}
     for name, described in prepared.described.items():

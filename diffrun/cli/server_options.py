@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
+from diffrun.cli.groups import OptionGroup
 from diffrun.cli.options import FLAG
+from diffrun.client import RemoteOptions
 from diffrun.errors import UsageError
 from diffrun.units import parse_duration
 
@@ -29,14 +31,13 @@ KeepAlive = Annotated[str, typer.Option(
     help="With --warm: a server it starts exits after this many idle seconds (0: stays until `diffrun stop`).")]
 
 
-def remote_options(*, server: str | None, api_key: str | None, server_timeout: str, warm: bool, keep_alive: str):
+def remote_options(*, server: ServerUrl = None, api_key: ApiKey = None, server_timeout: ServerTimeout = "600",
+                   warm: Warm = False, keep_alive: KeepAlive = "300") -> RemoteOptions | None:
     """A client.RemoteOptions, or None for a local run."""
     if not server and not warm:
         return None
     if server and warm:
         raise UsageError("--server and --warm both choose the server; give one")
-    from diffrun.client import RemoteOptions
-
     timeout = parse_duration(server_timeout)
     if not 0 < timeout <= 10**7:
         raise UsageError(f"--server-timeout must be positive seconds: {server_timeout!r}")
@@ -44,3 +45,7 @@ def remote_options(*, server: str | None, api_key: str | None, server_timeout: s
     if not 0 <= alive <= 10**7:
         raise UsageError(f"--keep-alive must be 0 or positive seconds: {keep_alive!r}")
     return RemoteOptions(server=server, api_key=api_key or None, server_timeout=timeout, warm=warm, keep_alive=alive)
+
+
+REMOTE = OptionGroup.of(remote_options)
+"""--server, --api-key, --server-timeout, --warm, --keep-alive: one client.RemoteOptions (None: a local run)."""

@@ -6,15 +6,6 @@ Imports requests and Pillow, never torch, diffusers or FastAPI.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-from diffrun.client.job import run_job
-from diffrun.client.remote import wait_ready
-from diffrun.client.transport import Server, connect
-from diffrun.errors import UsageError
-from diffrun.jobs import Job
-from diffrun.loaders import FetchPolicy
 
 DEFAULT_KEEP_ALIVE = 300.0
 """Seconds a warm server stays after its last request (like ollama's keep_alive)."""
@@ -29,36 +20,3 @@ class RemoteOptions:
     server_timeout: float = 600.0
     warm: bool = False
     keep_alive: float = DEFAULT_KEEP_ALIVE
-
-
-def ready_server(remote: RemoteOptions, runtime: Any, *, bar: Any, task_id: Any, say, check) -> tuple[Server, dict]:
-    """The server to send to, ready (model loaded), and its /health body; loading shown on `bar`."""
-    def on_status(text: str) -> None:
-        check()
-        bar.update(task_id, description=text[:80])
-
-    if remote.warm:
-        from diffrun.client import warm
-
-        server, record, paths = warm.find_or_start(runtime, keep_alive=remote.keep_alive, say=say)
-        return server, warm.wait_ready(server, record, paths, remote.server_timeout, on_status, check)
-    server = connect(remote.server or "", remote.api_key)
-    return server, wait_ready(server, remote.server_timeout, on_status)
-
-
-def run_generate(job: Job, runtime: Any, policy: FetchPolicy, remote: RemoteOptions, *, model_given: str | None,
-                 save_inputs: Path | None, overwrite: bool, quality: int | None, sidecar: bool, bar: Any,
-                 say, check) -> dict[str, Any]:
-    """generate's job on a server: the same files and summary as a local run."""
-    task_id = bar.add_task("connecting", total=None)
-    server, body = ready_server(remote, runtime, bar=bar, task_id=task_id, say=say, check=check)
-    try:
-        served = str(body.get("model") or "")
-        if model_given and runtime is not None and served and served != runtime.model:
-            raise UsageError(f"--server {server.shown} serves {served}, not {runtime.model}",
-                             hint="leave out -m with --server, or point --server at a server for this model")
-        model = served or (runtime.model if runtime is not None else "model")
-        return run_job(job, server, policy, model=model, save_inputs=save_inputs, overwrite=overwrite,
-                       quality=quality, sidecar=sidecar, bar=bar, task_id=task_id, check=check)
-    finally:
-        server.close()

@@ -22,7 +22,9 @@ def ready_server(remote: RemoteOptions, runtime: Any, *, bar: Any, task_id: Any,
 
     if remote.warm:
         from diffrun.client import warm
+        from diffrun.pipelines.reference import check_model_ref
 
+        check_model_ref(runtime.model, runtime.revision)  # as a cold run: a wrong -m is exit 4 before any spawn
         server, record, paths = warm.find_or_start(runtime, keep_alive=remote.keep_alive, say=say)
         return server, warm.wait_ready(server, record, paths, remote.server_timeout, on_status, check)
     server = connect(remote.server or "", remote.api_key)

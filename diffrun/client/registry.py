@@ -238,6 +238,9 @@ def stop(record: Record, paths: Paths, wait: float) -> str:
         signal_server(record, signal.SIGKILL)
         wait_gone(record, 5.0)
         outcome = "killed"
+    until = time.monotonic() + 1.0  # the launcher writes the exit status just after: clean that too
+    while not paths.exitfile.exists() and time.monotonic() < until:
+        time.sleep(0.02)
     paths.clean()
     return outcome
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,19 @@ def run_generate(job: Job, runtime: Any, policy: FetchPolicy, remote: RemoteOpti
                  say, check) -> dict[str, Any]:
     """generate's job on a server: the same files and summary as a local run."""
     task_id = bar.add_task("connecting", total=None)
+    start = time.perf_counter()
     server, body = ready_server(remote, runtime, bar=bar, task_id=task_id, say=say, check=check)
+    waited = time.perf_counter() - start
     try:
         served = str(body.get("model") or "")
         if model_given and runtime is not None and served and served != runtime.model:
             raise UsageError(f"--server {server.shown} serves {served}, not {runtime.model}",
                              hint="leave out -m with --server, or point --server at a server for this model")
         model = served or (runtime.model if runtime is not None else "model")
-        return run_job(job, server, policy, model=model, save_inputs=save_inputs, overwrite=overwrite,
-                       quality=quality, sidecar=sidecar, bar=bar, task_id=task_id, check=check)
+        summary = run_job(job, server, policy, model=model, save_inputs=save_inputs, overwrite=overwrite,
+                          quality=quality, sidecar=sidecar, bar=bar, task_id=task_id, check=check)
+        summary["timings"]["model_load"] = round(waited, 4)  # waiting for the server to be ready
+        summary["timings"]["total"] = round(summary["timings"]["total"] + waited, 4)
+        return summary
     finally:
         server.close()

@@ -161,7 +161,7 @@ def wait_ready(server: Server, record: registry.Record, paths: registry.Paths, t
         if time.monotonic() >= until:
             raise ServerUnavailable(f"warm server for {record.model}: not ready within {timeout:g} s",
                                     hint=f"raise --server-timeout; its log: {paths.log}", code="server_not_ready")
-        time.sleep(0.1)
+        time.sleep(0.25)
 
 
 def _load_failure(record: registry.Record, paths: registry.Paths) -> Exception:

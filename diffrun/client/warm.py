@@ -16,8 +16,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import diffrun
 from diffrun.client import registry
 from diffrun.client.remote import RemoteError, health
 from diffrun.client.transport import Server, connect
@@ -45,12 +47,16 @@ put(pidfile, str(proc.pid))
 put(exitfile, str(proc.wait()))
 """
 
+_SERVE = f"import sys; sys.path.insert(0, {str(Path(diffrun.__file__).resolve().parents[1])!r}); " \
+         "from diffrun.cli.app import entry; entry()"
+"""The server runs this very diffrun (not whichever one its folder or PATH would find)."""
+
 Say = Callable[[str], None]
 
 
 def serve_command(runtime: Any, paths: registry.Paths, keep_alive: float) -> list[str]:
     """`diffrun serve ...` for this runtime on the key's socket."""
-    command = [sys.executable, "-m", "diffrun", "serve", "-m", runtime.model, "--uds", str(paths.socket),
+    command = [sys.executable, "-c", _SERVE, "serve", "-m", runtime.model, "--uds", str(paths.socket),
                "--ready-file", str(paths.ready), "--keep-alive", f"{keep_alive:g}", "--allow-private",
                "--device", runtime.device, "--dtype", runtime.dtype, "--offload", runtime.offload, *SPAWN_LIMITS]
     for flag, value in (("--revision", runtime.revision), ("--variant", runtime.variant),
@@ -132,7 +138,8 @@ def find_or_start(runtime: Any, *, keep_alive: float, say: Say) -> tuple[Server,
         elif record is not None:
             status = registry.exit_status(paths)
             if status != 0:
-                how = "exited" if status is None else f"exited with status {status}"
+                how = ("exited" if status is None else f"was killed (signal {-status})" if status < 0
+                       else f"exited with status {status}")
                 say(f"warm server for {record.model} (pid {record.pid}) {how}; starting a new one")
             record = None
         record = _spawn(runtime, paths, keep_alive)

@@ -24,10 +24,12 @@ from rich.text import Text
 from diffrun.cli import console, options
 from diffrun.cli import job_options as jo
 from diffrun.cli import model_options as mo
+from diffrun.cli import server_options as so
 from diffrun.cli.console import clean
 from diffrun.cli.groups import takes
 from diffrun.cli.options import FLAG, OUTPUT, SAMPLING
 from diffrun.cli.progress import make as make_progress
+from diffrun.client import RemoteOptions
 from diffrun.errors import Exit, Interrupted, UsageError
 from diffrun.jobs import DEFAULT_MAX_IMAGES, Job
 from diffrun.loaders.policy import FetchPolicy
@@ -78,7 +80,8 @@ def check_manifest_is_not_log(manifest: str, log: Path) -> None:
                          hint="give the run another -o folder or --results file")
 
 
-@takes(flags=jo.JOB_OPTIONS, files=jo.OUTPUT_FILES, runtime=mo.RUNTIME_OPTIONS, policy=options.LOADING)
+@takes(flags=jo.JOB_OPTIONS, files=jo.OUTPUT_FILES, runtime=mo.RUNTIME_OPTIONS, policy=options.LOADING,
+       remote=so.REMOTE)
 def batch(
     manifest: Annotated[str, typer.Argument(metavar="MANIFEST", help="JSON Lines or CSV manifest, or - for stdin.")],
     flags: Job = None,
@@ -129,6 +132,10 @@ def batch(
     gpus_per_worker: Annotated[float | None, typer.Option(
         "--gpus-per-worker", min=0.0, envvar="DIFFRUN_GPUS_PER_WORKER", metavar="GPUS", rich_help_panel=RAY,
         help="GPUs per Ray actor (fractions share a GPU) \\[default: 1 when the cluster has GPUs, else 0].")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", min=1, envvar="DIFFRUN_CONCURRENCY", metavar="N", rich_help_panel=so.SERVER,
+        help="With --server/--warm: jobs in flight at once \\[default: the server's max batch].")] = None,
+    remote: RemoteOptions | None = None,
     runtime: ModelOptions = None,
     json_out: options.Json = False,
     quiet: options.Quiet = False,
@@ -155,6 +162,10 @@ def batch(
 
     console.State.quiet = console.State.quiet or quiet
     ray_options = _ray_options(engine_name, ray_address, workers, gpus_per_worker)
+    if remote is not None and ray_options is not None:
+        raise UsageError("--engine ray and --server/--warm both say where jobs run; give one")
+    if concurrency is not None and remote is None:
+        raise UsageError("--concurrency is an option of --server and --warm")
     if manifest_format not in ("auto", "jsonl", "csv"):
         raise UsageError(f"--manifest-format: {manifest_format!r} is not one of auto, jsonl, csv")
     folder, template, log_path = output_plan(output, results)
@@ -168,7 +179,8 @@ def batch(
     jobs = load_manifest(manifest, defaults=defaults, fmt=None if manifest_format == "auto" else manifest_format,
                          output_dir=folder, allow_outside_output=allow_outside_output, max_images=max_images).jobs
     show = console.show_progress(progress)
-    runtime = None if dry_run and not runtime.model else mo.require_model(runtime)
+    served = remote is not None and remote.server is not None  # --server needs no -m: the server has one
+    runtime = None if (dry_run or served) and not runtime.model else mo.require_model(runtime)
     if dry_run:
         if runtime is not None:  # a dry run with -m checks the reference too: a CI typo in -m fails here
             check_model_ref(runtime.model, runtime.revision)
@@ -183,7 +195,8 @@ def batch(
         retry_failed=retry_failed, force=force, fail_fast=fail_fast,
         allow_outside_output=allow_outside_output,
     )
-    check_model_ref(config.model.model, config.model.revision)  # before inputs, torch or Ray start
+    if not served:
+        check_model_ref(config.model.model, config.model.revision)  # before inputs, torch or Ray start
     stdout_closed = False
     with StopRequested() as stop, _progress(show) as bar:
         task = bar.add_task("jobs", total=len(jobs), ok=0, failed=0, skipped=0, status="")
@@ -204,7 +217,12 @@ def batch(
 
         hooks = {"should_stop": lambda: stop.requested or stdout_closed, "on_result": on_result,
                  "on_status": lambda text: bar.update(task, status=text)}
-        if ray_options is None:
+        if remote is not None:
+            from diffrun.client.run import run_batch as run_remote_batch
+
+            summary = run_remote_batch(jobs, config, remote, runtime, concurrency=concurrency, say=console.warn,
+                                       **hooks)
+        elif ray_options is None:
             summary = engine.run_batch(jobs, config, **hooks)
         else:
             from diffrun.engine.ray_engine import run_ray_batch

@@ -199,7 +199,7 @@ def run_job(job: Job, server: Server, policy: FetchPolicy, *, model: str, save_i
     task = str(first.get("task") or "")
     targets = plan_job_outputs(job, model, "video" if task.endswith("video") else "image", overwrite=overwrite)
     save_start = time.perf_counter()
-    written = _write(job, prepared, results, targets, quality=quality, overwrite=overwrite, sidecar=sidecar)
+    written = write_items(job, prepared, results, targets, quality=quality, overwrite=overwrite, sidecar=sidecar)
     timings["saving"] = time.perf_counter() - save_start
     timings["total"] = time.perf_counter() - start
     return {
@@ -211,8 +211,9 @@ def run_job(job: Job, server: Server, policy: FetchPolicy, *, model: str, save_i
     }
 
 
-def _write(job: Job, prepared: Prepared, results: list[list[Item]], targets: list[str], *, quality: int | None,
-           overwrite: bool, sidecar: bool) -> list[str]:
+def write_items(job: Job, prepared: Prepared, results: list[list[Item]], targets: list[str], *,
+                quality: int | None, overwrite: bool, sidecar: bool, fps: int | None = None) -> list[str]:
+    """Each seed's items to its targets with their recipes, as jobrun.write_job_outputs writes a local run's."""
     written: list[str] = []
     slots = iter(targets)
     for items in results:
@@ -221,7 +222,7 @@ def _write(job: Job, prepared: Prepared, results: list[list[Item]], targets: lis
             recipe = recipe_for(item, job, prepared)
             if item.frames is not None:
                 args = recipe.get("args") if isinstance(recipe.get("args"), dict) else {}
-                rate = job.fps or int(args.get("fps") or 8)
+                rate = fps or job.fps or _int(args.get("fps")) or 8
                 path = outputs.write_video(item.frames, target, recipe, fps=rate, quality=quality, overwrite=overwrite)
             else:
                 path = outputs.write_image(item.image, target, recipe, quality=quality, overwrite=overwrite)
@@ -229,3 +230,7 @@ def _write(job: Job, prepared: Prepared, results: list[list[Item]], targets: lis
                 outputs.write_sidecar(path, recipe, overwrite=overwrite)
             written.append(path)
     return written
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10_000 else None

@@ -53,3 +53,50 @@ def run_generate(job: Job, runtime: Any, policy: FetchPolicy, remote: RemoteOpti
         return summary
     finally:
         server.close()
+
+
+class _StatusBar:
+    """ready_server's progress for batch: each description becomes the batch bar's status text."""
+
+    def __init__(self, on_status) -> None:
+        self.on_status = on_status
+
+    def update(self, task_id: Any, description: str | None = None, **_: Any) -> None:
+        if description is not None:
+            self.on_status(description)
+
+
+def run_batch(jobs: list[Job], config: Any, remote: RemoteOptions, runtime: Any, *, concurrency: int | None,
+              say, should_stop, on_result, on_status) -> Any:
+    """batch's jobs on a server: the local engine's Summary, results log and resume (client/batch.py)."""
+    from dataclasses import replace
+
+    from diffrun.client.batch import RemoteBatchRunner
+    from diffrun.errors import Interrupted
+    from diffrun.pipelines.models import ModelOptions
+
+    def check() -> None:
+        if should_stop():
+            raise Interrupted("interrupted before the server was ready", hint="run the same command again")
+
+    start = time.perf_counter()
+    server, body = ready_server(remote, runtime, bar=_StatusBar(on_status), task_id=None, say=say, check=check)
+    waited = time.perf_counter() - start
+    on_status("")
+    try:
+        served = str(body.get("model") or "")
+        if runtime is not None and remote.server and served and served != runtime.model:
+            raise UsageError(f"--server {server.shown} serves {served}, not {runtime.model}",
+                             hint="leave out -m with --server, or point --server at a server for this model")
+        config = replace(config, model=runtime or ModelOptions(model=served or "model"))
+        max_batch = body.get("max_batch")
+        default = max_batch if isinstance(max_batch, int) and not isinstance(max_batch, bool) and max_batch > 0 else 1
+        runner = RemoteBatchRunner(jobs, config, server, concurrency=concurrency or min(default, 64),
+                                   model=served or config.model.model, should_stop=should_stop,
+                                   on_result=on_result, on_status=on_status)
+        summary = runner.run()
+        summary.seconds["model_load"] = waited  # waiting for the server to be ready
+        summary.seconds["total"] += waited
+        return summary
+    finally:
+        server.close()

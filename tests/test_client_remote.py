@@ -156,6 +156,32 @@ def test_the_client_never_imports_torch(env: dict, tcp: str, tmp_path: Path) -> 
     assert result.stdout.decode().split("\n")[0] == "0 []", result.stderr.decode()
 
 
+def test_batch_on_the_warm_server_as_the_local_engine(tiny_sd: Path, env: dict, tcp: str, tmp_path: Path) -> None:
+    rows = [{"id": "a", "prompt": "a cat", "seed": 1}, {"id": "b", "prompt": "a dog", "seed": 2},
+            {"id": "c", "prompt": "x", "params": {"bogus": 1}}, {"id": "d", "prompt": "y", "image": "nothere.png"}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    runtime = ["-m", str(tiny_sd), "--device", "cpu", "--threads", "1", "--steps", "2"]
+    cold = diffrun("batch", str(manifest), *runtime, "-o", str(tmp_path / "cold"), "-q", env=env)
+    warm = diffrun("batch", str(manifest), "--warm", *runtime, "--concurrency", "2", "-o", str(tmp_path / "warm"),
+                   "-q", env=env)
+    assert cold.returncode == warm.returncode == 1, warm.stderr.decode()
+    for name in ("a", "b"):
+        assert _same_pixels(tmp_path / "cold" / f"{name}.png", tmp_path / "warm" / f"{name}.png")
+        assert _recipe(tmp_path / "cold" / f"{name}.png") == _recipe(tmp_path / "warm" / f"{name}.png")
+
+    def statuses(folder: str) -> dict[str, tuple[str, int | None]]:
+        lines = (tmp_path / folder / "results.jsonl").read_text().splitlines()
+        return {r["id"]: (r["status"], (r.get("error") or {}).get("exit")) for r in map(json.loads, lines)}
+
+    assert statuses("warm") == statuses("cold") == {"a": ("ok", None), "b": ("ok", None), "c": ("failed", 2),
+                                                    "d": ("failed", 3)}
+    again = diffrun("batch", str(manifest), "--warm", *runtime, "-o", str(tmp_path / "warm"), "--json", env=env)
+    assert again.returncode == 1 and {json.loads(line)["status"] for line in again.stdout.splitlines()} == {"skipped"}
+    ray = diffrun("batch", str(manifest), "--server", tcp, "--engine", "ray", "-o", str(tmp_path / "r"), env=env)
+    assert ray.returncode == 2 and b"--engine ray" in ray.stderr
+
+
 def test_ctrl_c_cancels_and_exits_130(tiny_sd: Path, env: dict, tmp_path: Path) -> None:
     out = tmp_path / "long.png"
     proc = subprocess.Popen([sys.executable, "-m", "diffrun", "generate", "--warm", "-m", str(tiny_sd), "--device",

@@ -161,9 +161,9 @@ def batch(
     from diffrun.pipelines.reference import check_model_ref
 
     console.State.quiet = console.State.quiet or quiet
-    ray_options = _ray_options(engine_name, ray_address, workers, gpus_per_worker)
-    if remote is not None and ray_options is not None:
+    if remote is not None and engine_name == "ray":
         raise UsageError("--engine ray and --server/--warm both say where jobs run; give one")
+    ray_options = _ray_options(engine_name, ray_address, workers, gpus_per_worker)
     if concurrency is not None and remote is None:
         raise UsageError("--concurrency is an option of --server and --warm")
     if manifest_format not in ("auto", "jsonl", "csv"):

@@ -238,11 +238,17 @@ def stop(record: Record, paths: Paths, wait: float) -> str:
         signal_server(record, signal.SIGKILL)
         wait_gone(record, 5.0)
         outcome = "killed"
-    until = time.monotonic() + 1.0  # the launcher writes the exit status just after: clean that too
-    while not paths.exitfile.exists() and time.monotonic() < until:
-        time.sleep(0.02)
+    reaped(paths)
     paths.clean()
     return outcome
+
+
+def reaped(paths: Paths, seconds: float = 1.0) -> None:
+    """Wait (briefly) for the launcher to record a stopped server's exit status, so that no late write
+    of it lands beside the next server's files."""
+    until = time.monotonic() + seconds
+    while not paths.exitfile.exists() and time.monotonic() < until:
+        time.sleep(0.02)
 
 
 def exit_status(paths: Paths) -> int | None:

@@ -128,10 +128,12 @@ def find_or_start(runtime: Any, *, keep_alive: float, say: Say) -> tuple[Server,
             if state == "hung":
                 registry.signal_server(record, signal.SIGKILL)
                 registry.wait_gone(record, 5.0)
+                registry.reaped(paths)
                 say(f"warm server for {record.model} (pid {record.pid}) did not answer; stopped it, starting a new one")
                 record = None
             elif state == "draining":
                 registry.wait_gone(record, 60.0)
+                registry.reaped(paths)
                 record = None
             else:
                 return server, record, paths

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 warm.append(seconds)
                 inference.append(float(summary.get("timings", {}).get("inference", 0.0)))
         finally:
-            subprocess.run([tool("diffrun"), "stop", "--all", "-q"], env=environment, check=False)
+            subprocess.run([tool("diffrun"), "stop", "--all"], env=environment, check=False)
         theirs = [run(diffusers_job(model, out, args.steps), environment, out)[0] for _ in range(args.runs)]
 
     def median(values: list[float]) -> float:

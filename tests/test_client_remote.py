@@ -124,7 +124,7 @@ def test_warm_and_server_equal_a_cold_run(tiny_sd: Path, env: dict, tcp: str, tm
     assert len(_servers(env)) == 1
 
 
-def test_stdout_json_and_errors_as_a_local_run(env: dict, tcp: str, tmp_path: Path) -> None:
+def test_stdout_json_and_errors_as_a_local_run(env: dict, tcp: str, tmp_path: Path, server) -> None:
     out = _ok(diffrun("generate", "--server", tcp, "-p", "x", "-s", "1", "--steps", "1", "-o", "-", env=env))
     assert out.stdout.startswith(b"\x89PNG")
     summary = json.loads(_ok(diffrun("generate", "--server", tcp, "-p", "x", "-s", "1", "--steps", "1", "--json",
@@ -136,8 +136,13 @@ def test_stdout_json_and_errors_as_a_local_run(env: dict, tcp: str, tmp_path: Pa
     (tmp_path / "bad.png").write_bytes(b"not an image")
     bad_input = diffrun("generate", "--server", tcp, "-p", "x", "-i", str(tmp_path / "bad.png"),
                         "-o", str(tmp_path / "b.png"), env=env)
-    assert bad_input.returncode == 3, bad_input.stderr.decode()
-    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
+    assert bad_input.returncode == 3, bad_input.stderr.decode()  # a local input: checked here, before sending
+    missing = server.add("/gone.png", b"", status=404)
+    remote_input = diffrun("generate", "--server", tcp, "-p", "x", "-i", missing, "--retries", "0",
+                           "-o", str(tmp_path / "c.png"), env=env)
+    assert remote_input.returncode == 3, remote_input.stderr.decode()  # the server's answer, mapped back
+    assert remote_input.stderr.decode().startswith(f"error: {missing}: ")
+    assert not any((tmp_path / name).exists() for name in ("a.png", "b.png", "c.png"))
 
 
 def test_unreachable_server_is_exit_69(env: dict, tmp_path: Path) -> None:

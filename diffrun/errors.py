@@ -12,6 +12,8 @@ class Exit(IntEnum):
     INPUT = 3
     MODEL = 4
     OUT_OF_MEMORY = 5
+    OUTPUT_CHECK = 6
+    """An output check failed under --strict (blank, NaN/Inf, NSFW), or --expect found the output too far off."""
     INTERNAL = 70
     """A bug in diffrun (sysexits' EX_SOFTWARE); --debug shows the traceback."""
     IO = 74
@@ -90,6 +92,13 @@ class TaskError(ModelError):
 class OutOfMemoryError(DiffrunError):
     exit = Exit.OUT_OF_MEMORY
     category = code = "out_of_memory"
+
+
+class OutputCheckError(DiffrunError):
+    """An output failed a check under --strict, or differs from its --expect golden (exit 6)."""
+
+    exit = Exit.OUTPUT_CHECK
+    category = code = "output_check"
 
 
 class DiskError(DiffrunError):

@@ -208,3 +208,16 @@ def table_line(c: Comparison) -> str:
 
 def json_line(c: Comparison) -> str:
     return json.dumps(c.row(), ensure_ascii=False)
+
+
+def check_expected(actual: str | Path | Any, golden: str | Path, tolerance: Tolerance) -> Comparison:
+    """`generate --expect`: the written file (or, for stdout, the PIL image) against the golden file.
+
+    The golden that cannot be loaded is InputError (exit 3); the caller turns a miss into exit 6."""
+    expected = load_pixels(golden)
+    if isinstance(actual, (str, Path)):
+        return compare_arrays(load_pixels(actual), expected, tolerance, name=Path(golden).name, path_a=str(actual),
+                              path_b=str(golden))
+    mode = "RGBA" if expected.shape[2] == 4 else "RGB"
+    return compare_arrays(np.asarray(actual.convert(mode)), expected, tolerance, name=Path(golden).name,
+                          path_a="-", path_b=str(golden))

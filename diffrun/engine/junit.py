@@ -35,14 +35,15 @@ def job_seconds(record: dict[str, Any]) -> float:
     return sum(v for v in timings.values() if isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
-def _failure(case: ET.Element, error: dict[str, Any] | None, prefix: str = "") -> None:
+def _failure(case: ET.Element, error: dict[str, Any] | None, prefix: str = "",
+             checks: list[dict[str, Any]] | None = None) -> None:
     error = error if isinstance(error, dict) else {}
     message = prefix + _text(error.get("message") or "failed")
     failure = ET.SubElement(case, "failure", message=_text(message, 1000), type=_text(error.get("code") or "failed"))
     body = [message]
     if error.get("hint"):
         body.append(f"hint: {_text(error['hint'])}")
-    for check in error.get("checks") or []:
+    for check in checks or []:
         if isinstance(check, dict) and not check.get("ok", True):
             body.append(f"check {_text(check.get('check'))}: {_text(check.get('message'))}")
     failure.text = "\n".join(body)
@@ -69,11 +70,12 @@ def junit_tree(records: Iterable[dict[str, Any]], *, suite: str = "diffrun.batch
         counts["tests"] += 1
         if status == FAILED:
             counts["failures"] += 1
-            _failure(case, record.get("error"))
+            _failure(case, record.get("error"), checks=record.get("checks"))
         elif status == SKIPPED and record.get("previous") == FAILED:
             counts["failures"] += 1
             previous = earlier.get(str(record.get("id"))) or {}
-            _failure(case, previous.get("error"), prefix="failed in an earlier run (skipped): ")
+            _failure(case, previous.get("error"), prefix="failed in an earlier run (skipped): ",
+                     checks=previous.get("checks"))
         elif status == SKIPPED:
             counts["skipped"] += 1
             ET.SubElement(case, "skipped", message="already done in an earlier run")

@@ -12,24 +12,9 @@ from typing import Annotated
 import typer
 
 from diffrun.cli import console, options
+from diffrun.cli.checks import MaxDiff, TolerancePsnr, tolerance_from
 from diffrun.errors import Exit, UsageError
-from diffrun.outputs.compare import DEFAULT_PSNR, Comparison, Tolerance
-
-CHECKS = "Output checks"
-
-TolerancePsnr = Annotated[float | None, typer.Option(
-    "--tolerance", envvar="DIFFRUN_TOLERANCE", metavar="DB", min=0.0, rich_help_panel=CHECKS,
-    help=f"Minimum PSNR in dB for images to count as the same (default {DEFAULT_PSNR:g}).")]
-MaxDiff = Annotated[int | None, typer.Option(
-    "--max-diff", envvar="DIFFRUN_MAX_DIFF", metavar="N", min=0, max=255, rich_help_panel=CHECKS,
-    help="Instead of --tolerance: the largest absolute difference allowed in any channel (0-255).")]
-
-
-def tolerance_from(min_psnr: float | None, max_diff: int | None) -> Tolerance:
-    """--tolerance or --max-diff (not both) as a Tolerance."""
-    if min_psnr is not None and max_diff is not None:
-        raise UsageError("--tolerance and --max-diff are alternatives; give one", code="compare_usage")
-    return Tolerance(min_psnr=DEFAULT_PSNR if min_psnr is None else min_psnr, max_diff=max_diff)
+from diffrun.outputs.compare import Comparison
 
 
 def _log_outputs(path: Path) -> dict[str, list[str]]:
@@ -59,7 +44,7 @@ def compare(
     max_diff: MaxDiff = None,
     diff: Annotated[Path | None, typer.Option(
         "--diff", metavar="OUT.png",
-        help="Write a heat map of where the images differ (two folders: a folder of them, one per differing pair).")] = None,
+        help="Write a heat map of where the images differ (for folders: a folder, one per differing pair).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar=options.FLAG,
                                             help="Replace an existing --diff file.")] = False,
     json_out: options.Json = False,

@@ -88,8 +88,15 @@ def test_results_log_against_goldens_by_job_id(tmp_path: Path) -> None:
     _save(goldens / "cat.png", _noise(3))
     _save(goldens / "dog.png", _noise(4))
     produced = _save(out / "whatever-name.png", _noise(3))
-    found = pairs(tmp_path / "results.jsonl", goldens, {"cat": [str(produced)], "dog": []})
-    assert found == [("cat.png", produced, goldens / "cat.png"), ("dog.png", None, goldens / "dog.png")]
+    _save(goldens / "bird.png", _noise(5))  # its job is not in the log (it did not run): must not pass unseen
+    log = {"cat": [str(produced)], "dog": []}
+    found = pairs(tmp_path / "results.jsonl", goldens, log)
+    assert found == [("cat.png", produced, goldens / "cat.png"), ("dog.png", None, goldens / "dog.png"),
+                     ("bird.png", None, goldens / "bird.png")]
+    results = {c.name: c for c in compare_all(tmp_path / "results.jsonl", goldens, Tolerance(), log_outputs=log)}
+    assert results["cat.png"].status == "same"
+    assert results["dog.png"].status == results["bird.png"].status == "missing"
+    assert "results log" in results["dog.png"].message
 
 
 def test_unreadable_image_is_an_input_error(tmp_path: Path) -> None:

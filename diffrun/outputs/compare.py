@@ -175,12 +175,16 @@ def pairs(a: str | Path, b: str | Path,
 
 
 def _log_pairs(log_outputs: dict[str, list[str]], goldens: Path) -> list[tuple[str, Path | None, Path | None]]:
+    """Each job's outputs with their goldens, then every golden no job of the log produced (a job
+    that did not run must not pass unnoticed)."""
     found = []
     for job_id, outputs in log_outputs.items():
         for k, output in enumerate(outputs or [None]):
             name = f"{job_id}.png" if k == 0 else f"{job_id}-{k}.png"
             golden = goldens / name
             found.append((name, Path(output) if output else None, golden if golden.is_file() else None))
+    named = {name for name, _, _ in found}
+    found.extend((name, None, path) for name, path in _images(goldens).items() if name not in named)
     return found
 
 
@@ -191,8 +195,12 @@ def compare_all(a: str | Path, b: str | Path, tolerance: Tolerance, *, want_heat
     for name, left, right in pairs(a, b, log_outputs):
         if left is None or right is None:
             side = "second" if left is None else "first"
+            message = f"only in the {side}"
+            if log_outputs is not None:
+                message = "no golden for this output" if right is None else \
+                    "no output in the results log (the job failed or did not run)"
             results.append(Comparison(name, str(left) if left else None, str(right) if right else None, "missing",
-                                      message=f"only in the {side}"))
+                                      message=message))
             continue
         results.append(compare_files(left, right, tolerance, name=name, want_heat=want_heat))
     return results

@@ -240,7 +240,7 @@ def job_checks(job: Job, results: list[Output], written: list[str]) -> list[dict
                 continue
             at = position + int(check.get("index", 0))
             found.append({**check, "seed": seed, "output": written[at] if at < len(written) else None})
-        position += len(output.videos or output.images)
+        position += len(getattr(output, "videos", None) or getattr(output, "images", None) or [])
     return found
 
 

@@ -52,8 +52,9 @@ def compare(
 ) -> None:
     """Compare two images, two folders (matched by name), or a results log with a folder of goldens ({id}.png).
 
-    Reports max and mean absolute difference (0-255), PSNR and SSIM. Exit 0 within the tolerance, 1 not
-    (or an image only on one side), 2 usage error, 3 an image cannot be loaded.
+    Reports max and mean absolute difference (0-255), PSNR and SSIM.
+
+    Exit 0 within the tolerance, 1 not (or missing on one side), 2 usage error, 3 an image cannot be loaded.
     """
     from diffrun.outputs.compare import compare_all, is_log, json_line, table_line
 

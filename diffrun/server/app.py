@@ -160,6 +160,8 @@ def _metrics_text(state: ServerState) -> str:
         "diffrun_queue_depth": ("Requests waiting in the queue.", s.queued),
         "diffrun_in_flight": ("Requests taken by the worker and not finished.", s.in_flight),
         "diffrun_inference_seconds_total": ("Seconds spent in pipeline calls.", round(s.inference_seconds, 6)),
+        "diffrun_requests_dropped_total": ("Requests dropped because their client went away first.", s.dropped),
+        "diffrun_batches_total": ("Pipeline calls (micro-batches) run.", s.batches),
         "diffrun_model_loaded": ("1 once the model is loaded.", int(s.model is not None)),
         "diffrun_results_bytes": ("Bytes kept for response_format=url.", state.results.size),
     })

@@ -19,8 +19,8 @@ from diffrun.jobs import Job
 from diffrun.loaders.policy import FetchPolicy
 
 
-class Cancelled(BaseException):
-    """Raised from a step callback to stop a micro-batch whose every client has gone (passes `except Exception`)."""
+class Cancelled(Exception):
+    """Raised from a step callback to stop a micro-batch whose every client has gone (pipelines.run re-raises it)."""
 
 
 @dataclass
@@ -66,6 +66,9 @@ class Scheduler:
         self.served = 0
         self.last_activity = time.monotonic()
         self.inference_seconds = 0.0
+        self.dropped = 0
+        """Requests whose client went away before they started (never run)."""
+        self.batches = 0
         self._on_progress = on_progress
         self._queue: collections.deque[Work] = collections.deque()
         self._cond = threading.Condition()
@@ -202,6 +205,7 @@ class Scheduler:
         """Its inputs and pipeline requests, checked against the model; None when it failed or was cancelled."""
         assert self.model is not None and work.inputs is not None
         if work.cancelled.is_set():  # the client went away before it started
+            self.dropped += 1
             _fail(work, Cancelled())
             return None
         try:
@@ -237,6 +241,7 @@ class Scheduler:
                 w.emit({"event": "step", "step": step, "total": total})
 
         start = time.perf_counter()
+        self.batches += 1
         try:
             if len(requests) == 1 or len(batch) > 1:
                 outputs = pipelines.run(self.model, requests, on_step=on_step)

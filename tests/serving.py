@@ -46,7 +46,7 @@ class Served:
         raise AssertionError(f"no {pattern!r} in the server's stderr: {self.stderr()}")
 
     def wait_ready(self) -> Served:
-        self._wait_for(r"^(ready:.*)")
+        self._wait_for(r"(ready: \w+)")
         return self
 
     def stderr(self) -> str:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import requests
-
 from clirun import cli_env
 
 

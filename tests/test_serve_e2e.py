@@ -12,10 +12,9 @@ import time
 
 import pytest
 import requests
-from PIL import Image
-
 from clirun import diffrun
 from images import data_uri, png
+from PIL import Image
 from serving import Served
 
 pytestmark = pytest.mark.slow

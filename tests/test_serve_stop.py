@@ -9,7 +9,6 @@ import threading
 
 import pytest
 import requests
-
 from clirun import cli_env, diffrun
 from images import png
 from serving import Served

@@ -137,7 +137,7 @@ def serve(runtime: ModelOptions, policy: FetchPolicy, options: ServeOptions) -> 
                         keep_alive=options.keep_alive, max_images=options.max_images)
     max_body = 4 * policy.max_bytes + (1 << 20)  # a few inputs as base64 or uploads, and the fields
     app = Guard(create_app(state), api_key=options.api_key, max_body=max_body, metrics=state.metrics,
-                json_log=options.json_log)
+                json_log=options.json_log, touch=scheduler.touch)
     sock, url = _bind(options)
     state.base_url = url if url.startswith("http") else ""
     config = uvicorn.Config(app, log_level="error", access_log=False, lifespan="off", server_header=False,

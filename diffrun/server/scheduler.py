@@ -87,10 +87,15 @@ class Scheduler:
 
         try:
             self.model = pipelines.load_model(self.runtime, on_progress=progress)
+            self.last_activity = time.monotonic()  # --keep-alive counts from ready
         except BaseException as exc:  # reported by the runner, which exits 4 (or 70 for a bug)
             self.load_error = exc
         finally:
             self.loaded.set()
+
+    def touch(self) -> None:
+        """A request arrived or ended: --keep-alive's idle time starts again."""
+        self.last_activity = time.monotonic()
 
     @property
     def queued(self) -> int:

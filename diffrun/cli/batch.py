@@ -25,11 +25,14 @@ from diffrun.cli import console, options
 from diffrun.cli import job_options as jo
 from diffrun.cli import model_options as mo
 from diffrun.cli.console import clean
+from diffrun.cli.groups import takes
 from diffrun.cli.options import FLAG, OUTPUT, SAMPLING
 from diffrun.cli.progress import make as make_progress
 from diffrun.errors import Exit, Interrupted, UsageError
 from diffrun.jobs import DEFAULT_MAX_IMAGES, Job
+from diffrun.loaders.policy import FetchPolicy
 from diffrun.outputs.names import template_fields
+from diffrun.pipelines.models import ModelOptions
 
 BATCH = "Batch"
 RAY = "Engine"
@@ -75,34 +78,20 @@ def check_manifest_is_not_log(manifest: str, log: Path) -> None:
                          hint="give the run another -o folder or --results file")
 
 
+@takes(flags=jo.JOB_OPTIONS, files=jo.OUTPUT_FILES, runtime=mo.RUNTIME_OPTIONS, policy=options.LOADING)
 def batch(
+    ctx: typer.Context,
     manifest: Annotated[str, typer.Argument(metavar="MANIFEST", help="JSON Lines or CSV manifest, or - for stdin.")],
-    prompt: jo.Prompt = None,
-    negative_prompt: jo.NegativePrompt = None,
-    model: mo.Model = None,
-    image: jo.Images = None,
-    mask: jo.Mask = None,
-    input_: jo.Inputs = None,
-    steps: jo.Steps = None,
-    guidance: jo.Guidance = None,
-    strength: jo.Strength = None,
+    flags: Job = None,
     seed: Annotated[list[int] | None, typer.Option(
         "--seed", "-s", metavar="N", rich_help_panel=SAMPLING,
         help="Base seed: a row without a seed gets SEED + its index (default 0; repeatable).")] = None,
-    num_images: jo.NumImages = None,
     max_images: jo.MaxImages = DEFAULT_MAX_IMAGES,
-    width: jo.Width = None,
-    height: jo.Height = None,
-    frames: jo.Frames = None,
-    fps: jo.Fps = None,
-    param: jo.Params = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", envvar="DIFFRUN_OUTPUT", metavar="DIR", rich_help_panel=OUTPUT,
         help=f"Output folder (files named {{id}}.png), or a name template with {{id}} \\[default: {DEFAULT_OUTPUT}]."
     )] = None,
-    overwrite: jo.Overwrite = False,
-    quality: jo.Quality = None,
-    sidecar: jo.Sidecar = False,
+    files: jo.OutputFiles = jo.OutputFiles(),
     results: Annotated[Path | None, typer.Option(
         "--results", envvar="DIFFRUN_RESULTS", metavar="FILE", rich_help_panel=BATCH,
         help="Results log, one JSON line per job \\[default: results.jsonl in the output folder].")] = None,
@@ -141,30 +130,12 @@ def batch(
     gpus_per_worker: Annotated[float | None, typer.Option(
         "--gpus-per-worker", min=0.0, envvar="DIFFRUN_GPUS_PER_WORKER", metavar="GPUS", rich_help_panel=RAY,
         help="GPUs per Ray actor (fractions share a GPU) \\[default: 1 when the cluster has GPUs, else 0].")] = None,
-    revision: mo.Revision = None,
-    variant: mo.Variant = None,
-    device: mo.Device = "auto",
-    dtype: mo.Dtype = "auto",
-    offload: mo.Offload = "none",
-    vae_tiling: mo.VaeTiling = False,
-    vae_slicing: mo.VaeSlicing = False,
-    attention_slicing: mo.AttentionSlicing = False,
-    compile_: mo.Compile = False,
-    scheduler: mo.Scheduler = None,
-    lora: mo.Lora = None,
-    threads: mo.Threads = None,
+    runtime: ModelOptions = None,
     json_out: options.Json = False,
     quiet: options.Quiet = False,
     progress: options.ProgressFlag = False,
     save_inputs: options.SaveInputs = None,
-    timeout: options.Timeout = "30",
-    deadline: options.Deadline = "120",
-    retries: options.Retries = 3,
-    max_input_bytes: options.MaxInputBytes = "50MB",
-    max_pixels: options.MaxPixels = options.DEFAULT_MAX_PIXELS,
-    background: options.Background = "white",
-    allow_host: options.AllowHost = None,
-    block_private: options.BlockPrivate = False,
+    policy: FetchPolicy = None,
 ) -> None:
     """Run every row of a manifest (JSON Lines or CSV) with one model load.
 
@@ -184,43 +155,33 @@ def batch(
     from diffrun.pipelines.reference import check_model_ref
 
     console.State.quiet = console.State.quiet or quiet
-    ray_options = _ray_options(engine_name, ray_address, workers, gpus_per_worker)
+    ray_options = _ray_options(engine_name, *_given_on_command_line(ctx, engine_name, ray_address=ray_address,
+                                                                   workers=workers, gpus_per_worker=gpus_per_worker))
     if manifest_format not in ("auto", "jsonl", "csv"):
         raise UsageError(f"--manifest-format: {manifest_format!r} is not one of auto, jsonl, csv")
     folder, template, log_path = output_plan(output, results)
     check_manifest_is_not_log(manifest, log_path)
-    defaults = jo.job_from_options(
-        prompt=prompt, negative_prompt=negative_prompt, image=image, mask=mask, input_=input_, param=param,
-        seed=seed, steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames,
-        fps=fps, num_images=num_images, output=template,
-    )
+    defaults = replace(flags, seeds=list(seed or []), output=template)
     jo.check_job(defaults, max_images)
     if "-" in defaults.image or defaults.mask == "-":
         raise UsageError("batch inputs cannot come from stdin (-)")
-    policy = options.fetch_policy(
-        timeout=timeout, deadline=deadline, retries=retries, max_input_bytes=max_input_bytes,
-        max_pixels=max_pixels, background=background, allow_host=allow_host, block_private=block_private,
-    )
     # Every job comes from a manifest row: local inputs must be regular files outside /proc, /sys and /dev.
     policy = replace(policy, regular_files_only=True)
     jobs = load_manifest(manifest, defaults=defaults, fmt=None if manifest_format == "auto" else manifest_format,
                          output_dir=folder, allow_outside_output=allow_outside_output, max_images=max_images).jobs
     show = console.show_progress(progress)
-    runtime = None if dry_run and not model else mo.model_options(
-        model=model, revision=revision, variant=variant, device=device, dtype=dtype, offload=offload,
-        vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention_slicing=attention_slicing,
-        compile_=compile_, scheduler=scheduler, lora=lora, threads=threads)
+    runtime = None if dry_run and not runtime.model else mo.require_model(runtime)
     if dry_run:
         if runtime is not None:  # a dry run with -m checks the reference too: a CI typo in -m fails here
             check_model_ref(runtime.model, runtime.revision)
         # Which jobs changed since their last run needs the model settings: with -m, the same as a run's.
-        settings = resume.run_settings(runtime, output_dir=folder, quality=quality, fps=fps)
+        settings = resume.run_settings(runtime, output_dir=folder, quality=files.quality, fps=flags.fps)
         prints = resume.fingerprints(jobs, settings) if runtime is not None else None
         _dry_run(engine, jobs, policy, log_path, retry_failed, force, prefetch, json_out, prints)
         return
     config = engine.BatchConfig(
         model=runtime, policy=policy, output_dir=folder, results=log_path, prefetch=prefetch, batch_size=batch_size,
-        overwrite=overwrite, quality=quality, sidecar=sidecar, fps=fps, save_inputs=save_inputs,
+        overwrite=files.overwrite, quality=files.quality, sidecar=files.sidecar, fps=flags.fps, save_inputs=save_inputs,
         retry_failed=retry_failed, force=force, fail_fast=fail_fast,
         allow_outside_output=allow_outside_output,
     )
@@ -263,6 +224,19 @@ def batch(
         raise Interrupted(f"interrupted: {_jobs(summary.not_run)} not run", hint="run the same command again to resume")
     if not summary.all_ok:
         raise typer.Exit(Exit.JOBS_FAILED)
+
+
+def _given_on_command_line(ctx: typer.Context, engine: str, **values: Any) -> list[Any]:
+    """The Ray options' values; for the local engine, those that came from the environment dropped: a
+    DIFFRUN_WORKERS exported for Ray runs must not make a local run refuse to start."""
+    if engine == "local":
+        return [None if _source(ctx, name) == "ENVIRONMENT" else value for name, value in values.items()]
+    return list(values.values())
+
+
+def _source(ctx: typer.Context, name: str) -> str | None:
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else None
 
 
 def _ray_options(engine: str, address: str | None, workers: int | None, gpus: float | None) -> Any:

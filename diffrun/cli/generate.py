@@ -14,75 +14,41 @@ import typer
 from diffrun.cli import console, options
 from diffrun.cli import job_options as jo
 from diffrun.cli import model_options as mo
+from diffrun.cli.groups import takes
 from diffrun.cli.options import OUTPUT, SAMPLING
 from diffrun.errors import DiffrunError, UsageError
 from diffrun.jobs import DEFAULT_MAX_IMAGES, Job
+from diffrun.loaders.policy import FetchPolicy
 from diffrun.loaders.redact import display_ref, log_message
+from diffrun.pipelines.models import ModelOptions
 
 
+@takes(flags=jo.JOB_OPTIONS, files=jo.OUTPUT_FILES, runtime=mo.RUNTIME_OPTIONS, policy=options.LOADING)
 def generate(
-    prompt: jo.Prompt = None,
-    negative_prompt: jo.NegativePrompt = None,
-    model: mo.Model = None,
-    image: jo.Images = None,
-    mask: jo.Mask = None,
-    input_: jo.Inputs = None,
-    steps: jo.Steps = None,
-    guidance: jo.Guidance = None,
-    strength: jo.Strength = None,
+    flags: Job,
     seed: Annotated[list[int] | None, typer.Option("--seed", "-s", metavar="N", rich_help_panel=SAMPLING,
                                                    help="Seed (repeatable: one output set per seed).")] = None,
-    num_images: jo.NumImages = None,
     max_images: jo.MaxImages = DEFAULT_MAX_IMAGES,
-    width: jo.Width = None,
-    height: jo.Height = None,
-    frames: jo.Frames = None,
-    fps: jo.Fps = None,
-    param: jo.Params = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", envvar="DIFFRUN_OUTPUT", metavar="PATH", rich_help_panel=OUTPUT,
         help="File, folder, name template ({seed} {index} {date} {time} {model}), "
              "or - for stdout (a pipe or file, not a terminal).")] = None,
-    overwrite: jo.Overwrite = False,
-    quality: jo.Quality = None,
-    sidecar: jo.Sidecar = False,
+    files: jo.OutputFiles = jo.OutputFiles(),
     from_: Annotated[Path | None, typer.Option(
         "--from", metavar="FILE",
         help="Rerun the recipe in a diffrun output (or its .json); flags override it.")] = None,
-    revision: mo.Revision = None,
-    variant: mo.Variant = None,
-    device: mo.Device = "auto",
-    dtype: mo.Dtype = "auto",
-    offload: mo.Offload = "none",
-    vae_tiling: mo.VaeTiling = False,
-    vae_slicing: mo.VaeSlicing = False,
-    attention_slicing: mo.AttentionSlicing = False,
-    compile_: mo.Compile = False,
-    scheduler: mo.Scheduler = None,
-    lora: mo.Lora = None,
-    threads: mo.Threads = None,
+    runtime: ModelOptions = None,
     json_out: options.Json = False,
     quiet: options.Quiet = False,
     progress: options.ProgressFlag = False,
     save_inputs: options.SaveInputs = None,
-    timeout: options.Timeout = "30",
-    deadline: options.Deadline = "120",
-    retries: options.Retries = 3,
-    max_input_bytes: options.MaxInputBytes = "50MB",
-    max_pixels: options.MaxPixels = options.DEFAULT_MAX_PIXELS,
-    background: options.Background = "white",
-    allow_host: options.AllowHost = None,
-    block_private: options.BlockPrivate = False,
+    policy: FetchPolicy = None,
 ) -> None:
     """Run one job: text-to-image, image-to-image, inpainting or image-to-video, chosen from the inputs."""
     console.State.quiet = console.State.quiet or quiet
     if json_out and output == "-":
         raise UsageError("--json and -o - both write to stdout; choose one")
-    flags = jo.job_from_options(
-        prompt=prompt, negative_prompt=negative_prompt, image=image, mask=mask, input_=input_, param=param,
-        seed=seed, steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames,
-        fps=fps, num_images=num_images, output=output,
-    )
+    flags = replace(flags, seeds=list(seed or []), output=output)
     recipe_model, from_recipe = None, False
     if from_ is not None:
         job, recipe_model, from_recipe = _from_recipe(from_, flags)
@@ -94,20 +60,12 @@ def generate(
     if not job.seeds:
         job.seeds = [secrets.randbelow(2**32)]
     jo.check_job(job, max_images)
-    runtime = mo.model_options(
-        model=model or recipe_model, revision=revision, variant=variant, device=device, dtype=dtype,
-        offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention_slicing=attention_slicing,
-        compile_=compile_, scheduler=scheduler, lora=lora, threads=threads,
-    )
-    policy = options.fetch_policy(
-        timeout=timeout, deadline=deadline, retries=retries, max_input_bytes=max_input_bytes,
-        max_pixels=max_pixels, background=background, allow_host=allow_host, block_private=block_private,
-    )
+    runtime = mo.require_model(runtime, recipe_model)
     if from_recipe:  # inputs named by a recipe: local ones must be regular files outside /proc, /sys and /dev
         policy = replace(policy, regular_files_only=True)
     try:
-        summary = _run(job, runtime, policy, save_inputs=save_inputs, overwrite=overwrite, quality=quality,
-                       sidecar=sidecar, show=console.show_progress(progress))
+        summary = _run(job, runtime, policy, save_inputs=save_inputs, overwrite=files.overwrite,
+                       quality=files.quality, sidecar=files.sidecar, show=console.show_progress(progress))
     except DiffrunError as exc:
         if json_out:
             console.emit_json({"status": "error", "exit": int(exc.exit), "error": log_message(exc.message),

@@ -13,10 +13,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from diffrun.cli import console, options
+from diffrun.cli.groups import takes
 from diffrun.errors import Exit
+from diffrun.loaders.policy import FetchPolicy
 from diffrun.units import format_size
 
 
+@takes(policy=options.LOADING)
 def inspect(
     refs: Annotated[list[str], typer.Argument(
         metavar="REF...", help="Paths, file:// or http(s) URLs, data: URIs, or - for stdin.")],
@@ -25,14 +28,7 @@ def inspect(
     json_out: options.Json = False,
     quiet: options.Quiet = False,
     save_inputs: options.SaveInputs = None,
-    timeout: options.Timeout = "30",
-    deadline: options.Deadline = "120",
-    retries: options.Retries = 3,
-    max_input_bytes: options.MaxInputBytes = "50MB",
-    max_pixels: options.MaxPixels = options.DEFAULT_MAX_PIXELS,
-    background: options.Background = "white",
-    allow_host: options.AllowHost = None,
-    block_private: options.BlockPrivate = False,
+    policy: FetchPolicy = None,
 ) -> None:
     """Load inputs (no model needed) and print format, size, bytes and sha256 of each.
 
@@ -42,10 +38,6 @@ def inspect(
     from diffrun import loaders
 
     console.State.quiet = console.State.quiet or quiet
-    policy = options.fetch_policy(
-        timeout=timeout, deadline=deadline, retries=retries, max_input_bytes=max_input_bytes,
-        max_pixels=max_pixels, background=background, allow_host=allow_host, block_private=block_private,
-    )
     table = Table("source", "format", "size", "mode", "bytes", "sha256", "status", box=None,
                   header_style="bold", pad_edge=False)
     failed = 0

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import typer
 
+from diffrun.cli.groups import OptionGroup
 from diffrun.cli.options import FLAG, OUTPUT, SAMPLING, parse_inputs, parse_params
 from diffrun.errors import UsageError
 from diffrun.jobs import DEFAULT_MAX_IMAGES, Job, job_problems
@@ -58,17 +60,37 @@ Sidecar = Annotated[bool, typer.Option("--sidecar", metavar=FLAG, rich_help_pane
                                        help="Also write <output>.json with the recipe.")]
 
 
-def job_from_options(*, prompt: str | None, negative_prompt: str | None, image: list[str] | None, mask: str | None,
-                     input_: list[str] | None, param: list[str] | None, seed: list[int] | None, steps: int | None,
-                     guidance: float | None, strength: float | None, width: int | None, height: int | None,
-                     frames: int | None, fps: int | None, num_images: int | None, output: str | None) -> Job:
-    """The Job the command line describes (for batch: every row's defaults)."""
+def job_options(*, prompt: Prompt = None, negative_prompt: NegativePrompt = None, image: Images = None,
+                mask: Mask = None, input_: Inputs = None, steps: Steps = None, guidance: Guidance = None,
+                strength: Strength = None, num_images: NumImages = None, width: Width = None, height: Height = None,
+                frames: Frames = None, fps: Fps = None, param: Params = None) -> Job:
+    """The Job the command line describes, less its seeds and output (whose flags differ by command;
+    for batch: every row's defaults)."""
     return Job(
         prompt=prompt, negative_prompt=negative_prompt, image=list(image or []), mask=mask,
-        inputs=parse_inputs(input_), params=parse_params(param), seeds=list(seed or []),
-        steps=steps, guidance=guidance, strength=strength, width=width, height=height, frames=frames, fps=fps,
-        num_images=num_images, output=output,
+        inputs=parse_inputs(input_), params=parse_params(param), steps=steps, guidance=guidance, strength=strength,
+        width=width, height=height, frames=frames, fps=fps, num_images=num_images,
     )
+
+
+JOB_OPTIONS = OptionGroup.of(job_options)
+"""What a job is made of (prompt, inputs, sampling), as one Job."""
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """How outputs are written: replace existing files, JPEG/WebP quality, a .json sidecar."""
+
+    overwrite: bool = False
+    quality: int | None = None
+    sidecar: bool = False
+
+
+def output_files(*, overwrite: Overwrite = False, quality: Quality = None, sidecar: Sidecar = False) -> OutputFiles:
+    return OutputFiles(overwrite=overwrite, quality=quality, sidecar=sidecar)
+
+
+OUTPUT_FILES = OptionGroup.of(output_files)
 
 
 FLAGS = {"seeds": "--seed", "steps": "--steps", "guidance": "--guidance", "strength": "--strength",

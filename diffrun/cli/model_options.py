@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from diffrun.cli.groups import OptionGroup
 from diffrun.cli.options import FLAG, RUNTIME, parse_loras
+
+if TYPE_CHECKING:
+    from diffrun.pipelines import ModelOptions
 
 Model = Annotated[str | None, typer.Option(
     "--model", "-m", envvar="DIFFRUN_MODEL", metavar="MODEL", rich_help_panel=RUNTIME,
@@ -63,13 +68,27 @@ def model_ref(model: str | None) -> str:
     return str(path.resolve()) if path.exists() else model
 
 
-def model_options(*, model: str | None, revision: str | None, variant: str | None, device: str, dtype: str,
-                  offload: str, vae_tiling: bool, vae_slicing: bool, attention_slicing: bool, compile_: bool,
-                  scheduler: str | None, lora: list[str] | None, threads: int | None = None):
-    """The runtime options as `pipelines.ModelOptions` (imports no torch; pipelines validates them)."""
+def model_options(*, model: Model = None, revision: Revision = None, variant: Variant = None, device: Device = "auto",
+                  dtype: Dtype = "auto", offload: Offload = "none", vae_tiling: VaeTiling = False,
+                  vae_slicing: VaeSlicing = False, attention_slicing: AttentionSlicing = False,
+                  compile_: Compile = False, scheduler: Scheduler = None, lora: Lora = None,
+                  threads: Threads = None) -> ModelOptions:
+    """The runtime options as `pipelines.ModelOptions` (imports no torch; pipelines validates them).
+
+    `model` stays as given (None when no -m): `require_model` resolves it, once the command knows
+    whether another source (a recipe's model) fills it in."""
     from diffrun.pipelines import ModelOptions
 
-    return ModelOptions(model=model_ref(model), revision=revision, variant=variant, device=device, dtype=dtype,
+    return ModelOptions(model=model, revision=revision, variant=variant, device=device, dtype=dtype,  # type: ignore[arg-type]
                         offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                         attention_slicing=attention_slicing, compile=compile_, scheduler=scheduler,
                         loras=parse_loras(lora), threads=threads)
+
+
+RUNTIME_OPTIONS = OptionGroup.of(model_options)
+"""The model and runtime options of every command that loads a model, as one ModelOptions."""
+
+
+def require_model(runtime: ModelOptions, fallback: str | None = None) -> ModelOptions:
+    """`runtime` with its model (else `fallback`) as `model_ref` gives it: UsageError when there is none."""
+    return replace(runtime, model=model_ref(runtime.model or fallback))

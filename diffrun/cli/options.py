@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from diffrun.cli.groups import OptionGroup
 from diffrun.errors import UsageError
 from diffrun.loaders.guard import allow_host_patterns
 from diffrun.loaders.policy import DEFAULT_MAX_PIXELS, FetchPolicy
@@ -115,14 +116,14 @@ def parse_color(text: str) -> tuple[int, int, int]:
 
 def fetch_policy(
     *,
-    timeout: str = "30",
-    deadline: str = "120",
-    retries: int = 3,
-    max_input_bytes: str = "50MB",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    background: str = "white",
-    allow_host: list[str] | None = None,
-    block_private: bool = False,
+    timeout: Timeout = "30",
+    deadline: Deadline = "120",
+    retries: Retries = 3,
+    max_input_bytes: MaxInputBytes = "50MB",
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    background: Background = "white",
+    allow_host: AllowHost = None,
+    block_private: BlockPrivate = False,
 ) -> FetchPolicy:
     """The loader options of any command, validated, as one FetchPolicy."""
     seconds = parse_duration(timeout)
@@ -145,6 +146,10 @@ def fetch_policy(
         allow_hosts=allow_host_patterns(allow_host or ()),
         block_private=block_private,
     )
+
+
+LOADING = OptionGroup.of(fetch_policy)
+"""The input-loading options of every command that loads inputs, as one FetchPolicy."""
 
 
 def _split_pair(text: str, flag: str, sep: str = "=") -> tuple[str, str]:

@@ -20,7 +20,7 @@ from diffrun.units import parse_duration, parse_size
 SERVER = "Server"
 
 BlockPrivate = Annotated[bool, typer.Option(
-    "--block-private/--allow-private", envvar="DIFFRUN_BLOCK_PRIVATE", rich_help_panel=LOADER,
+    "--block-private/--allow-private", envvar="DIFFRUN_BLOCK_PRIVATE", metavar=FLAG, rich_help_panel=LOADER,
     help="Refuse URLs to loopback, private, link-local and reserved addresses (on by default: the server "
          "fetches on behalf of whoever can reach it).")]
 

@@ -25,7 +25,7 @@ class Served:
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.url = self._wait_for(r"listening on (http://\S+)")
+        self.url = self._wait_for(r"listening on ((?:http://|unix:)\S+)")
 
     def _read(self) -> None:
         assert self.proc.stderr is not None

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from diffrun.cli import console, options
 from diffrun.cli import model_options as mo
-from diffrun.cli import options
 from diffrun.cli.groups import takes
 from diffrun.cli.options import FLAG, LOADER
 from diffrun.errors import UsageError
@@ -80,6 +80,7 @@ def serve(
         max_batch=max_batch, drain_timeout=_seconds("--drain-timeout", drain_timeout),
         keep_alive=_seconds("--keep-alive", keep_alive), ready_file=ready_file, json_log=json_log,
         keep_results=parse_size(keep_results), save_inputs=save_inputs, max_images=max_images,
+        debug=console.State.debug,
     )
     from diffrun.server.runner import serve as run_server
 

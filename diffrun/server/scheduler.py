@@ -69,6 +69,8 @@ class Scheduler:
         self.dropped = 0
         """Requests whose client went away before they started (never run)."""
         self.batches = 0
+        self.input_bytes = 0
+        """Bytes of every input loaded: uploads, data: URIs and fetched URLs."""
         self._on_progress = on_progress
         self._queue: collections.deque[Work] = collections.deque()
         self._cond = threading.Condition()
@@ -128,7 +130,10 @@ class Scheduler:
         if work.cancelled.is_set():
             raise Cancelled
         work.emit({"event": "status", "text": "loading inputs"})
-        return jobrun.load_job_inputs(work.job, work.policy, self.save_dir)
+        inputs = jobrun.load_job_inputs(work.job, work.policy, self.save_dir)
+        with self._cond:
+            self.input_bytes += sum(len(item.data) for items in inputs.images.values() for item in items)
+        return inputs
 
     def drain(self, timeout: float) -> None:
         """Stop taking requests; what is queued runs for up to `timeout` seconds, the rest answers 503."""

@@ -73,6 +73,7 @@ def test_model_that_cannot_load_exits_4(tmp_path):
 
 def test_help_and_generate_never_import_fastapi():
     code = ("import sys; from diffrun.cli.app import main; main(['--help']); main(['serve', '--help']); "
+            "main(['generate', '-m', '/nonexistent/model', '-p', 'x']); "
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'multipart') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, env=cli_env(), timeout=60)
     assert out.stdout.decode().strip().splitlines()[-1] == "[]", out.stderr.decode()

@@ -206,8 +206,10 @@ class Scheduler:
                 self._finished(nxt)
                 continue
             if len(candidate[2]) != 1 or pipelines.batch_key(candidate[2][0]) != key:
-                self._run([candidate])  # its own run, right now: order is kept
-                continue
+                with self._cond:  # not this batch's kind: back to the head of the queue, it runs next
+                    self._queue.appendleft(nxt)
+                    self.in_flight -= 1
+                break
             batch.append(candidate)
         return batch
 

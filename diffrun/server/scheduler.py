@@ -122,8 +122,8 @@ class Scheduler:
                 raise QueueFullError(f"the queue is full ({self.max_queue} requests)", hint="retry later")
             self._queue.append(work)
             self.last_activity = time.monotonic()
+            work.emit({"event": "queued", "position": len(self._queue) - 1})  # before its inputs start loading
             work.inputs = self._pool.submit(self._load_inputs, work)
-            work.emit({"event": "queued", "position": len(self._queue) - 1})
             self._cond.notify_all()
 
     def _load_inputs(self, work: Work) -> jobrun.JobInputs:

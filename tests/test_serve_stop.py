@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import requests
@@ -34,14 +35,24 @@ def test_key_private_urls_and_sigterm_drain(tiny_sd, server):
                            json={"prompt": "x", "image": server.url("/nope.png"), "num_inference_steps": 2})
         error = missing.json()["error"]
         assert missing.status_code == 400 and error["exit"] == 3 and "404" in error["message"]
+        # a slow URL input does not hold back a request queued after it
+        slow = server.add("/slow.png", body=png((64, 64)), content_type="image/png", always="slow", slow=3)
+        done: list[str] = []
+        late = threading.Thread(target=lambda: done.append(srv.post("/v1/images/edits", headers=auth, json={
+            "prompt": "x", "image": slow, "num_inference_steps": 2}).json()["data"][0]["diffrun"]["task"]))
+        late.start()
+        while server.count("/slow.png") == 0:
+            time.sleep(0.02)
+        quick = srv.post("/v1/images/generations", headers=auth, json={"prompt": "x", "num_inference_steps": 2})
+        done.append(quick.json()["data"][0]["diffrun"]["task"])
+        late.join(60)
+        assert done == ["text-to-image", "image-to-image"]
         # SIGTERM with a request in flight: it finishes (200), the listener closes, exit 0
         results: list = []
         thread = threading.Thread(target=lambda: results.append(srv.post(
             "/v1/images/generations", headers=auth, json={"prompt": "slow", "seed": 1, "num_inference_steps": 40})))
         thread.start()
         assert srv._wait_for(r'("route": "POST /v1/images/edits", "status": 200)')  # one JSON log line a request
-        import time
-
         until = time.monotonic() + 30
         while srv.get("/health").json().get("in_flight", 0) == 0 and time.monotonic() < until:
             time.sleep(0.05)

@@ -124,6 +124,7 @@ class Scheduler:
             self.last_activity = time.monotonic()
             work.emit({"event": "queued", "position": len(self._queue) - 1})  # before its inputs start loading
             work.inputs = self._pool.submit(self._load_inputs, work)
+            work.inputs.add_done_callback(self._notify)
             self._cond.notify_all()
 
     def _load_inputs(self, work: Work) -> jobrun.JobInputs:
@@ -170,15 +171,26 @@ class Scheduler:
                 return
             self._run(batch)
 
+    def _ready(self) -> Work | None:
+        """The earliest queued request whose inputs have loaded (or failed); caller holds the lock."""
+        return next((w for w in self._queue if w.inputs is not None and w.inputs.done()), None)
+
     def _take(self) -> Work | None:
+        """The next request to run: the earliest whose inputs are loaded, so one slow URL holds back
+        nobody behind it (as batch's prefetch hands out jobs in the order they finish loading)."""
         with self._cond:
-            while not self._queue and not self.stopped:
-                self._cond.wait()
-            if self.stopped:
-                return None
-            work = self._queue.popleft()
-            self.in_flight += 1
-            return work
+            while not self.stopped:
+                work = self._ready()
+                if work is not None:
+                    self._queue.remove(work)
+                    self.in_flight += 1
+                    return work
+                self._cond.wait(0.5)
+            return None
+
+    def _notify(self, _future: Future) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def _next_batch(self) -> list[tuple[Work, Any, Any]] | None:
         """The next request and the queued ones right behind it that fit in its micro-batch."""
@@ -194,12 +206,10 @@ class Scheduler:
         key = pipelines.batch_key(prepared[2][0])
         while len(batch) < self.max_batch and len(prepared[2]) == 1:
             with self._cond:
-                if not self._queue:
+                nxt = self._ready()  # a request still loading its inputs is not waited for
+                if nxt is None or nxt.kind != work.kind:
                     break
-                nxt = self._queue[0]
-                if nxt.inputs is None or not nxt.inputs.done() or nxt.kind != work.kind:
-                    break  # consecutive only: a request still loading its inputs is not waited for
-                self._queue.popleft()
+                self._queue.remove(nxt)
                 self.in_flight += 1
             candidate = self._prepare(nxt)
             if candidate is None:

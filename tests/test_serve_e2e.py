@@ -122,6 +122,13 @@ def test_too_large_upload(served):
     answer = served.post("/v1/images/edits", files={"image": ("big.png", big, "image/png")}, data={"prompt": "x"})
     error = _error(answer)
     assert answer.status_code in (400, 413) and error["code"] == "too_large" and error["exit"] == 3
+    # a whole body over 4 x --max-input-bytes + 1 MiB: 413 from its Content-Length, before it is read
+    huge = served.post("/v1/images/generations", data=b"{" + b" " * 2_000_000 + b"}",
+                       headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413 and _error(huge)["code"] == "too_large"
+    chunked = served.post("/v1/images/generations", data=iter([b"{", b" " * 1_000_000, b" " * 1_000_000, b"}"]),
+                          headers={"Content-Type": "application/json"})  # no Content-Length: counted as read
+    assert chunked.status_code == 413 and _error(chunked)["code"] == "too_large"
 
 
 def test_ndjson_progress_stream(served):

@@ -19,7 +19,7 @@ KEY = "s3cret-key"
 
 
 def test_key_private_urls_and_sigterm_drain(tiny_sd, server):
-    srv = Served(tiny_sd, "--api-key", KEY, "--allow-private", "--drain-timeout", "60", "--json").wait_ready()
+    srv = Served(tiny_sd, "--api-key", KEY, "--allow-private", "--drain-timeout", "8", "--json").wait_ready()
     try:
         auth = {"Authorization": f"Bearer {KEY}"}
         assert srv.get("/health").status_code == 200  # open without the key
@@ -57,9 +57,18 @@ def test_key_private_urls_and_sigterm_drain(tiny_sd, server):
         while srv.get("/health").json().get("in_flight", 0) == 0 and time.monotonic() < until:
             time.sleep(0.05)
         assert srv.get("/health").json()["in_flight"] == 1
+        # ... and one queued behind it that cannot finish within --drain-timeout: 503
+        overlong: list = []
+        behind = threading.Thread(target=lambda: overlong.append(srv.post(
+            "/v1/images/generations", headers=auth, json={"prompt": "long", "num_inference_steps": 900})))
+        behind.start()
+        while srv.get("/health").json().get("queued", 0) == 0 and time.monotonic() < until:
+            time.sleep(0.02)
         srv.proc.terminate()
         thread.join(120)
+        behind.join(120)
         assert results and results[0].status_code == 200, results
+        assert overlong[0].status_code == 503 and overlong[0].json()["error"]["code"] == "unavailable"
         assert srv.proc.wait(60) == 0, srv.stderr()
         with pytest.raises(requests.ConnectionError):
             srv.get("/health", timeout=5)

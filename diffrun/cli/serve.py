@@ -57,7 +57,8 @@ def serve(
         help="Exit 0 after this long with nothing to do (0: stay).")] = "0",
     keep_results: Annotated[str, typer.Option(
         "--keep-results", envvar="DIFFRUN_KEEP_RESULTS", metavar="SIZE", rich_help_panel=SERVER,
-        help="Memory for response_format=url results (each kept at most an hour, oldest dropped first).")]
+        help="Memory for response_format=url results and finished videos (each kept at most an hour, "
+             "oldest dropped first).")]
     = "256MB",
     ready_file: Annotated[Path | None, typer.Option(
         "--ready-file", metavar="PATH", rich_help_panel=SERVER,

@@ -50,6 +50,7 @@ def test_references_are_urls_or_data_uris_never_paths():
 @pytest.mark.parametrize(("fields", "param"), [
     ({"prompt": "x", "n": 11}, "n"), ({"prompt": "x", "seed": -1}, "seed"), ({"prompt": "x", "size": "8x"}, "size"),
     ({"prompt": "x", "frobnicate": 1}, "frobnicate"), ({}, "prompt"), ({"prompt": 3}, "prompt"),
+    ({"prompt": "x", "seconds": 4}, "seconds"), ({"prompt": "x", "num_frames": 0}, "num_frames"),
 ])
 def test_bad_fields_name_the_field(fields, param):
     with pytest.raises(FieldError) as caught:

@@ -214,6 +214,10 @@ def parse_fields(data: dict[str, Any], *, model_ref: str, policy: FetchPolicy,
         job.strength = _float("strength", data["strength"])
     if data.get("fps") is not None:
         job.fps = _int("fps", data["fps"], 1, 240)
+    if data.get("num_frames") is not None:
+        job.frames = _int("num_frames", data["num_frames"], 1, 100_000)
+    if data.get("seconds") is not None:
+        raise FieldError("seconds", "only /v1/videos takes seconds", hint="use num_frames, or POST /v1/videos")
     if data.get("params") is not None:
         params = _object("params", data["params"])
         for key in ("width", "height", "num_frames"):

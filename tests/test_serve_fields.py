@@ -72,3 +72,36 @@ def test_result_store_bounds_bytes_and_age():
     expired = ResultStore(max_bytes=10, ttl=-1)
     expired.put("a", b"1", "image/png")
     assert expired.get("a") is None and expired.size == 0
+
+
+def test_accepted_connections_get_tcp_nodelay() -> None:
+    """asyncio (under uvicorn) sets TCP_NODELAY on accepted connections only when the listening socket's
+    protocol is IPPROTO_TCP; without it every answer on a kept-alive connection (the openai client's,
+    requests.Session's) waited ~40 ms for the client's delayed ACK."""
+    import asyncio
+    import socket
+
+    from diffrun.server.runner import ServeOptions, _bind
+
+    listener, url = _bind(ServeOptions(host="127.0.0.1", port=0))
+    seen: list[int] = []
+
+    async def main() -> None:
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        listener.close()
+    assert url.startswith("http://127.0.0.1:") and seen and seen[0] != 0

@@ -116,3 +116,48 @@ class StdoutClosed(DiffrunError):
 
     exit = Exit.STDOUT_CLOSED
     category = code = "stdout_closed"
+
+
+class QueueFullError(DiffrunError):
+    """`diffrun serve`: the request queue is full (HTTP 429 with Retry-After)."""
+
+    exit = Exit.LOCKED
+    category = code = "queue_full"
+
+
+class AuthError(DiffrunError):
+    """`diffrun serve`: a missing or wrong API key (HTTP 401)."""
+
+    exit = Exit.USAGE
+    category = code = "unauthorized"
+
+
+class UnavailableError(DiffrunError):
+    """`diffrun serve`: loading, draining or stopped before the request ran (HTTP 503)."""
+
+    exit = Exit.LOCKED
+    category = code = "unavailable"
+
+
+HTTP_STATUS: dict[type[DiffrunError], int] = {
+    AuthError: 401,
+    QueueFullError: 429,
+    UnavailableError: 503,
+    OutOfMemoryError: 503,
+    InputError: 400,
+    UsageError: 400,
+    TaskError: 400,
+    ModelError: 500,
+    DiskError: 500,
+    LockedError: 503,
+    Interrupted: 503,
+}
+"""`diffrun serve`: the HTTP status of each error type, most specific first (a bug is 500)."""
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status `diffrun serve` answers for `exc` (500 for anything not listed: a bug)."""
+    for cls, status in HTTP_STATUS.items():
+        if isinstance(exc, cls):
+            return status
+    return 500

@@ -1,19 +1,22 @@
 """Benchmark `diffrun serve`: what the HTTP server costs and what its scheduler buys, side by side.
 
-Starts the real server (`python -m diffrun serve`, this tree, a tiny model from `diffrun tiny-model`,
-`--device cpu --threads 1 --max-batch 4 --allow-private`, OMP_NUM_THREADS=1, HF_HUB_OFFLINE=1) and
-measures, in one run:
+Starts the real server (`python -m diffrun serve` from this tree, on the tiny sd model that
+`diffrun tiny-model DIR` writes, `--device cpu --threads 1 --max-batch 4 --allow-private`,
+OMP_NUM_THREADS=1, HF_HUB_OFFLINE=1) and measures, in one run:
 
   1. latency   one text-to-image request (b64_json PNG) against the same pipeline call in this process
                (pipelines.load_model + run: same size, steps and seed, torch threads 1); medians of
                --runs interleaved pairs; goal <= 1.10x at 16 tiny steps. The pixels are compared too.
   2. batching  requests/s of 8 concurrent clients (the server forms micro-batches of up to 4) against
-               the same requests sent one at a time; goal >= 1.3x.
+               the same requests sent one at a time; goal >= 1.3x. For reference, the pipeline's own
+               gain from 4 requests in one call over 4 calls, in this process.
   3. URL inputs  image-to-image through /v1/images/edits, 4 concurrent clients, inputs as http URLs
                served 300 ms away (a loopback server) against the same images inline as data: URIs;
                goal <= 1.15x.
+  2 and 3 alternate their two sides for --rounds rounds (order flipped each round); the figure is the
+  median of the per-round ratios.
 
-    python bench/serve.py [--runs 7] [--requests 16] [--steps 16] [--size 64] [--json figures.json]
+    python bench/serve.py [--runs 9] [--requests 16] [--rounds 3] [--steps 16] [--size 64] [--json PATH]
     python bench/serve.py --quick      # seconds: checks the script and the server, figures mean little
 
 Ratios, not absolute times, carry over. The machine's load is measured and printed with the figures:
@@ -97,14 +100,17 @@ class LoadMeter:
 
 # -- the server -----------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def diffrun_server(model_dir: Path, work: Path, max_batch: int) -> Iterator[str]:
-    """The real `diffrun serve` in a subprocess; yields its base URL once it is loaded and listening."""
+def diffrun_server(model_dir: Path, work: Path, max_batch: int,
+                   meanwhile: Callable[[], Any]) -> Iterator[tuple[str, Any]]:
+    """The real `diffrun serve` in a subprocess; yields its base URL once it is loaded and listening,
+    and what `meanwhile` returned (run while the server starts)."""
     ready = work / "ready.json"
     log = (work / "server.log").open("wb")
     cmd = [sys.executable, "-m", "diffrun", "serve", "-m", str(model_dir), "--device", "cpu", "--threads", "1",
            "--port", "0", "--max-batch", str(max_batch), "--allow-private", "--ready-file", str(ready)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=child_env(), cwd=ROOT)
     try:
+        result = meanwhile()
         deadline = time.monotonic() + 180
         while not ready.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -114,7 +120,7 @@ def diffrun_server(model_dir: Path, work: Path, max_batch: int) -> Iterator[str]
         health = requests.get(url + "/health", timeout=10)
         if health.status_code != 200:
             raise SystemExit(f"error: /health answered {health.status_code}: {health.text[:500]}")
-        yield url
+        yield url, result
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -193,6 +199,7 @@ def measure_latency(url: str, model: Any, args: argparse.Namespace) -> dict[str,
     served: list[float] = []
     inproc: list[float] = []
     inference: list[float] = []
+    encode: list[float] = []
     with requests.Session() as session:
         first = post(session, url + "/v1/images/generations", body(0))  # warm-up both sides, and the pixels
         mine = local(0)
@@ -205,29 +212,72 @@ def measure_latency(url: str, model: Any, args: argparse.Namespace) -> dict[str,
                 if side == "server":
                     response = post(session, url + "/v1/images/generations", body(seed))
                     served.append(time.perf_counter() - start)
-                    inference.append(response["data"][0]["diffrun"]["timings"]["inference"])
+                    timings = response["data"][0]["diffrun"]["timings"]
+                    inference.append(timings["inference"])
+                    encode.append(timings.get("encode", 0.0))
                 else:
                     local(seed)
                     inproc.append(time.perf_counter() - start)
     med_server, med_local = statistics.median(served), statistics.median(inproc)
     return {"server_s": round(med_server, 4), "in_process_s": round(med_local, 4),
             "ratio": round(med_server / med_local, 3), "server_inference_s": round(statistics.median(inference), 4),
-            "server_overhead_s": round(med_server - statistics.median(inference), 4),
+            "server_encode_s": round(statistics.median(encode), 4),
+            "server_rest_s": round(med_server - statistics.median(inference) - statistics.median(encode), 4),
             "runs": args.runs, "server_range_s": [round(min(served), 3), round(max(served), 3)],
             "in_process_range_s": [round(min(inproc), 3), round(max(inproc), 3)], "pixels_equal": equal}
 
 
-def measure_batching(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Requests/s of 8 concurrent clients against the same requests one at a time (same server)."""
-    bodies = [{"prompt": f"request {i}", "size": f"{args.size}x{args.size}", "seed": 100 + i,
-               "num_inference_steps": args.steps} for i in range(args.requests)]
-    one, one_responses = clients(1, url + "/v1/images/generations", bodies)
-    eight, eight_responses = clients(8, url + "/v1/images/generations", bodies)
-    rps_one, rps_eight = len(bodies) / one, len(bodies) / eight
-    return {"requests": len(bodies), "one_at_a_time_rps": round(rps_one, 3), "concurrent_8_rps": round(rps_eight, 3),
-            "ratio": round(rps_eight / rps_one, 3), "batches_one_at_a_time": batches(one_responses),
-            "batches_concurrent": batches(eight_responses),
-            "mean_queue_s_concurrent": mean_timing(eight_responses, "queue")}
+def alternate(rounds: int, sides: dict[str, Callable[[int], tuple[float, list[dict]]]]) -> dict[str, list]:
+    """Run each side once per round, the order flipped every round; seconds and responses per side."""
+    out: dict[str, list] = {name: [] for name in sides}
+    names = list(sides)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            out[name].append(sides[name](r))
+    return out
+
+
+def summary(times: dict[str, list], slow: str, fast: str) -> dict[str, Any]:
+    """Per-round ratios slow/fast, their median (the figure) and the ratio of the summed seconds."""
+    ratios = [a[0] / b[0] for a, b in zip(times[slow], times[fast], strict=True)]
+    total = sum(t for t, _ in times[slow]) / sum(t for t, _ in times[fast])
+    return {"ratio": round(statistics.median(ratios), 3), "round_ratios": [round(x, 3) for x in ratios],
+            "ratio_of_totals": round(total, 3)}
+
+
+def measure_batching(url: str, model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Requests/s of 8 concurrent clients against the same requests one at a time (same server), and
+    for reference the pipeline's own gain from one call of `--max-batch` requests over as many calls."""
+    route = url + "/v1/images/generations"
+
+    def bodies(r: int) -> list[dict]:
+        return [{"prompt": f"request {i}", "size": f"{args.size}x{args.size}", "seed": 100 * r + i,
+                 "num_inference_steps": args.steps} for i in range(args.requests)]
+
+    def local(r: int) -> list[Any]:
+        return [pipelines.Request(prompt=f"request {i}", negative_prompt=None, images={}, seed=100 * r + i,
+                                  args={"num_inference_steps": args.steps, "width": args.size, "height": args.size})
+                for i in range(args.max_batch)]
+
+    def timed(call: Callable[[], object]) -> tuple[float, list[dict]]:
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start, []
+
+    times = alternate(args.rounds, {"one": lambda r: clients(1, route, bodies(r)),
+                                    "eight": lambda r: clients(8, route, bodies(r))})
+    pipe = alternate(args.rounds, {
+        "calls": lambda r: timed(lambda: [pipelines.run(model, [q]) for q in local(r)]),
+        "batched": lambda r: timed(lambda: pipelines.run(model, local(r)))})
+    n = args.requests * args.rounds
+    one = [resp for _, rs in times["one"] for resp in rs]
+    eight = [resp for _, rs in times["eight"] for resp in rs]
+    return {**summary(times, "one", "eight"), "requests": args.requests, "rounds": args.rounds,
+            "one_at_a_time_rps": round(n / sum(t for t, _ in times["one"]), 3),
+            "concurrent_8_rps": round(n / sum(t for t, _ in times["eight"]), 3),
+            "batches_one_at_a_time": batches(one), "batches_concurrent": batches(eight),
+            "mean_queue_s_concurrent": mean_timing(eight, "queue"),
+            "pipeline_batch_gain": summary(pipe, "calls", "batched")["ratio"]}
 
 
 def png(i: int, size: int) -> bytes:
@@ -239,26 +289,31 @@ def png(i: int, size: int) -> bytes:
 
 def measure_url_inputs(url: str, args: argparse.Namespace) -> dict[str, Any]:
     """Image-to-image, 4 concurrent clients: inputs as URLs `--latency` away against inline data: URIs."""
-    images = [png(i, args.size) for i in range(args.requests)]
-
-    def bodies(refs: list[str]) -> list[dict]:
-        return [{"prompt": f"edit {i}", "image": ref, "seed": 200 + i, "num_inference_steps": args.steps,
-                 "strength": 0.75} for i, ref in enumerate(refs)]
-
+    route = url + "/v1/images/edits"
+    images = [png(i, args.size) for i in range(args.requests * args.rounds)]
     datas = ["data:image/png;base64," + base64.b64encode(b).decode("ascii") for b in images]
+
+    def bodies(refs: list[str], r: int) -> list[dict]:
+        part = range(r * args.requests, (r + 1) * args.requests)  # fresh inputs every round
+        return [{"prompt": f"edit {i}", "image": refs[i], "seed": 200 + i, "num_inference_steps": args.steps,
+                 "strength": 0.75} for i in part]
+
     with LoopbackServer() as loop:
         urls = [loop.add(f"/in{i}.png", body=b, content_type="image/png") for i, b in enumerate(images)]
-        clients(1, url + "/v1/images/edits", bodies(urls[:1]))  # warm-up: the img2img pipeline, the connection
+        loop.add("/warm.png", body=images[0], content_type="image/png")
+        clients(1, route, [{**bodies(urls, 0)[0], "image": loop.url("/warm.png")}])  # img2img pipeline, connection
         loop.latency = args.latency
-        inline, inline_responses = clients(4, url + "/v1/images/edits", bodies(datas))
-        remote, remote_responses = clients(4, url + "/v1/images/edits", bodies(urls))
+        times = alternate(args.rounds, {"data": lambda r: clients(4, route, bodies(datas, r)),
+                                        "url": lambda r: clients(4, route, bodies(urls, r))})
         fetched = sum(loop.count(f"/in{i}.png") for i in range(len(images)))
-    return {"requests": len(images), "latency_s": args.latency, "data_uri_s": round(inline, 3),
-            "url_s": round(remote, 3), "ratio": round(remote / inline, 3), "fetches": fetched,
-            "batches_data_uri": batches(inline_responses), "batches_url": batches(remote_responses),
-            "mean_inputs_s_url": mean_timing(remote_responses, "inputs"),
-            "mean_queue_s_url": mean_timing(remote_responses, "queue"),
-            "mean_queue_s_data_uri": mean_timing(inline_responses, "queue")}
+    remote = [resp for _, rs in times["url"] for resp in rs]
+    inline = [resp for _, rs in times["data"] for resp in rs]
+    return {**summary(times, "url", "data"), "requests": args.requests, "rounds": args.rounds,
+            "latency_s": args.latency, "url_s": round(sum(t for t, _ in times["url"]), 3),
+            "data_uri_s": round(sum(t for t, _ in times["data"]), 3), "fetches": fetched,
+            "batches_data_uri": batches(inline), "batches_url": batches(remote),
+            "mean_inputs_s_url": mean_timing(remote, "inputs"), "mean_queue_s_url": mean_timing(remote, "queue"),
+            "mean_queue_s_data_uri": mean_timing(inline, "queue")}
 
 
 # -- report -----------------------------------------------------------------------------------------------
@@ -272,33 +327,35 @@ def table(figures: dict[str, Any], out: Callable[[str], None]) -> None:
     s, lat, bat, url, load = (figures[k] for k in ("settings", "latency", "batching", "url_inputs", "load"))
     out(f"diffrun serve, tiny sd model, {s['size']}x{s['size']}, {s['steps']} steps, CPU, 1 torch thread, "
         f"--max-batch {s['max_batch']}{' (--quick)' if s['quick'] else ''}")
-    others = f", others used {load['others_cores']} of {load['cpus']} cores" if "others_cores" in load else ""
+    others = f", other processes used {load['others_cores']} of {load['cpus']} cores" if "others_cores" in load else ""
     out(f"machine: load average {load['loadavg_1min_start']} at start, {load['loadavg_1min_end']} at end{others}")
     out("")
     out("| measurement | diffrun serve | baseline | ratio | goal |")
     out("|---|---|---|---|---|")
-    out(f"| 1 request (median of {lat['runs']}) vs the pipeline call in process | {lat['server_s']:.3f} s | "
+    out(f"| 1 request vs the same pipeline call in process (median of {lat['runs']}) | {lat['server_s']:.3f} s | "
         f"{lat['in_process_s']:.3f} s | {lat['ratio']:.2f}x | {verdict('latency', lat['ratio'])} |")
-    out(f"| {bat['requests']} requests: 8 concurrent clients vs one at a time | {bat['concurrent_8_rps']:.2f} req/s | "
-        f"{bat['one_at_a_time_rps']:.2f} req/s | {bat['ratio']:.2f}x | {verdict('batching', bat['ratio'])} |")
-    out(f"| {url['requests']} edits, 4 clients: URLs {url['latency_s'] * 1000:.0f} ms away vs data: URIs | "
-        f"{url['url_s']:.2f} s | {url['data_uri_s']:.2f} s | {url['ratio']:.2f}x | "
+    out(f"| 8 concurrent clients vs one at a time, {bat['rounds']} x {bat['requests']} requests | "
+        f"{bat['concurrent_8_rps']:.2f} req/s | {bat['one_at_a_time_rps']:.2f} req/s | {bat['ratio']:.2f}x | "
+        f"{verdict('batching', bat['ratio'])} |")
+    out(f"| edits, 4 clients: URLs {url['latency_s'] * 1000:.0f} ms away vs data: URIs, {url['rounds']} x "
+        f"{url['requests']} | {url['url_s']:.2f} s | {url['data_uri_s']:.2f} s | {url['ratio']:.2f}x | "
         f"{verdict('url_inputs', url['ratio'])} |")
     out("")
-    out(f"1: server median {lat['server_s']:.3f} s = inference {lat['server_inference_s']:.3f} s + "
-        f"{lat['server_overhead_s'] * 1000:.0f} ms (HTTP, queue, PNG + recipe, base64); pixels equal to the "
-        f"in-process call: {'yes' if lat['pixels_equal'] else 'NO'}")
-    out(f"2: micro-batch sizes (size: requests) concurrent {bat['batches_concurrent']}, one at a time "
-        f"{bat['batches_one_at_a_time']}; mean queue wait {bat['mean_queue_s_concurrent']:.2f} s")
-    out(f"3: micro-batch sizes URL {url['batches_url']}, data: URI {url['batches_data_uri']}; mean input load "
-        f"{url['mean_inputs_s_url']:.2f} s, mean queue wait URL {url['mean_queue_s_url']:.2f} s vs "
-        f"data: URI {url['mean_queue_s_data_uri']:.2f} s; {url['fetches']} fetches")
+    out(f"1: server {lat['server_s']:.3f} s = inference {lat['server_inference_s']:.3f} s + encode "
+        f"{lat['server_encode_s'] * 1000:.0f} ms (PNG + recipe) + {lat['server_rest_s'] * 1000:.0f} ms (HTTP, JSON, "
+        f"base64, queue); pixels equal to the in-process call: {'yes' if lat['pixels_equal'] else 'NO'}")
+    out(f"2: ratio per round {bat['round_ratios']}; micro-batch sizes (size: requests) {bat['batches_concurrent']}; "
+        f"the pipeline's own gain from {s['max_batch']} requests in one call: {bat['pipeline_batch_gain']:.2f}x")
+    out(f"3: ratio per round {url['round_ratios']}; micro-batch sizes URL {url['batches_url']}, data: URI "
+        f"{url['batches_data_uri']}; mean input load {url['mean_inputs_s_url']:.2f} s, mean queue wait URL "
+        f"{url['mean_queue_s_url']:.2f} s vs data: URI {url['mean_queue_s_data_uri']:.2f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=7, help="interleaved latency pairs (default 7)")
-    parser.add_argument("--requests", type=int, default=16, help="requests in measurements 2 and 3 (default 16)")
+    parser.add_argument("--runs", type=int, default=9, help="interleaved latency pairs (default 9)")
+    parser.add_argument("--requests", type=int, default=16, help="requests per round in 2 and 3 (default 16)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds in 2 and 3 (default 3)")
     parser.add_argument("--steps", type=int, default=16, help="denoising steps (default 16)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--latency", type=float, default=0.3, help="seconds the URL inputs are away (default 0.3)")
@@ -308,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        "the table then goes to stderr)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.runs, args.requests, args.steps, args.size, args.latency = 1, 4, 2, 32, 0.05
+        args.runs, args.requests, args.rounds, args.steps, args.size, args.latency = 1, 4, 1, 2, 32, 0.05
 
     import torch
 
@@ -318,18 +375,16 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         model_dir = work / "tiny"
         start = time.perf_counter()
-        made = subprocess.run([sys.executable, "-m", "diffrun", "tiny-model", str(model_dir)], cwd=ROOT,
-                              env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-        if made.returncode != 0:
-            raise SystemExit(f"error: diffrun tiny-model failed (exit {made.returncode}):\n{made.stderr.decode()}")
-        with diffrun_server(model_dir, work, args.max_batch) as url:
-            model = pipelines.load_model(pipelines.ModelOptions(model=str(model_dir), device="cpu"))
+        pipelines.make_tiny_model(model_dir, "sd", seed=0)  # what `diffrun tiny-model DIR` writes
+        in_process = pipelines.ModelOptions(model=str(model_dir), device="cpu", threads=1)
+        with diffrun_server(model_dir, work, args.max_batch, lambda: pipelines.load_model(in_process)) as (url, model):
             setup = time.perf_counter() - start
             latency = measure_latency(url, model, args)
-            batching = measure_batching(url, args)
+            batching = measure_batching(url, model, args)
             url_inputs = measure_url_inputs(url, args)
         meter.children_cpu = sum(os.times()[2:4])  # tiny-model and the server, both reaped by now
     figures = {"settings": {"size": args.size, "steps": args.steps, "runs": args.runs, "requests": args.requests,
+                            "rounds": args.rounds,
                             "latency_s": args.latency, "max_batch": args.max_batch, "quick": args.quick,
                             "torch_threads": torch.get_num_threads(), "setup_s": round(setup, 1)},
                "latency": latency, "batching": batching, "url_inputs": url_inputs, "load": meter.report()}

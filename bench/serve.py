@@ -205,6 +205,11 @@ def measure_latency(url: str, model: Any, args: argparse.Namespace) -> dict[str,
         mine = local(0)
         theirs = Image.open(io.BytesIO(base64.b64decode(first["data"][0]["b64_json"]))).convert("RGB")
         equal = mine.size == theirs.size and ImageChops.difference(mine.convert("RGB"), theirs).getbbox() is None
+        trips = []
+        for _ in range(5):  # an idle round trip on the kept-alive connection: what HTTP alone costs
+            start = time.perf_counter()
+            session.get(url + "/v1/models", timeout=30).raise_for_status()
+            trips.append(time.perf_counter() - start)
         for r in range(args.runs):
             seed = r + 1
             for side in (("server", "local") if r % 2 == 0 else ("local", "server")):
@@ -224,7 +229,8 @@ def measure_latency(url: str, model: Any, args: argparse.Namespace) -> dict[str,
             "server_encode_s": round(statistics.median(encode), 4),
             "server_rest_s": round(med_server - statistics.median(inference) - statistics.median(encode), 4),
             "runs": args.runs, "server_range_s": [round(min(served), 3), round(max(served), 3)],
-            "in_process_range_s": [round(min(inproc), 3), round(max(inproc), 3)], "pixels_equal": equal}
+            "in_process_range_s": [round(min(inproc), 3), round(max(inproc), 3)], "pixels_equal": equal,
+            "idle_round_trip_s": round(statistics.median(trips), 4)}
 
 
 def alternate(rounds: int, sides: dict[str, Callable[[int], tuple[float, list[dict]]]]) -> dict[str, list]:
@@ -344,6 +350,7 @@ def table(figures: dict[str, Any], out: Callable[[str], None]) -> None:
     out(f"1: server {lat['server_s']:.3f} s = inference {lat['server_inference_s']:.3f} s + encode "
         f"{lat['server_encode_s'] * 1000:.0f} ms (PNG + recipe) + {lat['server_rest_s'] * 1000:.0f} ms (HTTP, JSON, "
         f"base64, queue); pixels equal to the in-process call: {'yes' if lat['pixels_equal'] else 'NO'}")
+    out(f"   GET /v1/models on the same kept-alive connection: {lat['idle_round_trip_s'] * 1000:.1f} ms")
     out(f"2: ratio per round {bat['round_ratios']}; micro-batch sizes (size: requests) {bat['batches_concurrent']}; "
         f"the pipeline's own gain from {s['max_batch']} requests in one call: {bat['pipeline_batch_gain']:.2f}x")
     out(f"3: ratio per round {url['round_ratios']}; micro-batch sizes URL {url['batches_url']}, data: URI "

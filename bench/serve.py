@@ -5,8 +5,9 @@ Starts the real server (`python -m diffrun serve` from this tree, on the tiny sd
 OMP_NUM_THREADS=1, HF_HUB_OFFLINE=1) and measures, in one run:
 
   1. latency   one text-to-image request (b64_json PNG) against the same pipeline call in this process
-               (pipelines.load_model + run: same size, steps and seed, torch threads 1); medians of
-               --runs interleaved pairs; goal <= 1.10x at 16 tiny steps. The pixels are compared too.
+               (pipelines.load_model + run: same size, steps and seed, torch threads 1), on a kept-alive
+               connection (as the openai client sends) and on a new connection per request (as curl);
+               medians of --runs interleaved runs; goal <= 1.10x at 16 tiny steps. Pixels compared too.
   2. batching  requests/s of 8 concurrent clients (the server forms micro-batches of up to 4) against
                the same requests sent one at a time; goal >= 1.3x. For reference, the pipeline's own
                gain from 4 requests in one call over 4 calls, in this process.
@@ -196,8 +197,7 @@ def measure_latency(url: str, model: Any, args: argparse.Namespace) -> dict[str,
                                           "height": args.size}, seed=seed)
         return pipelines.run(model, [request])[0].images[0]
 
-    served: list[float] = []
-    inproc: list[float] = []
+    times: dict[str, list[float]] = {"server": [], "fresh": [], "local": []}
     inference: list[float] = []
     encode: list[float] = []
     with requests.Session() as session:
@@ -212,25 +212,27 @@ def measure_latency(url: str, model: Any, args: argparse.Namespace) -> dict[str,
             trips.append(time.perf_counter() - start)
         for r in range(args.runs):
             seed = r + 1
-            for side in (("server", "local") if r % 2 == 0 else ("local", "server")):
+            for side in ("server", "fresh", "local") if r % 2 == 0 else ("local", "fresh", "server"):
                 start = time.perf_counter()
-                if side == "server":
-                    response = post(session, url + "/v1/images/generations", body(seed))
-                    served.append(time.perf_counter() - start)
-                    timings = response["data"][0]["diffrun"]["timings"]
+                if side == "local":
+                    local(seed)
+                elif side == "fresh":  # a new connection per request, as curl does
+                    with requests.Session() as once:
+                        post(once, url + "/v1/images/generations", body(seed))
+                else:  # the kept-alive connection, as the openai client does
+                    timings = post(session, url + "/v1/images/generations", body(seed))["data"][0]["diffrun"]["timings"]
                     inference.append(timings["inference"])
                     encode.append(timings.get("encode", 0.0))
-                else:
-                    local(seed)
-                    inproc.append(time.perf_counter() - start)
-    med_server, med_local = statistics.median(served), statistics.median(inproc)
-    return {"server_s": round(med_server, 4), "in_process_s": round(med_local, 4),
-            "ratio": round(med_server / med_local, 3), "server_inference_s": round(statistics.median(inference), 4),
+                times[side].append(time.perf_counter() - start)
+    med = {side: statistics.median(values) for side, values in times.items()}
+    return {"server_s": round(med["server"], 4), "in_process_s": round(med["local"], 4),
+            "ratio": round(med["server"] / med["local"], 3),
+            "new_connection_s": round(med["fresh"], 4), "new_connection_ratio": round(med["fresh"] / med["local"], 3),
+            "server_inference_s": round(statistics.median(inference), 4),
             "server_encode_s": round(statistics.median(encode), 4),
-            "server_rest_s": round(med_server - statistics.median(inference) - statistics.median(encode), 4),
-            "runs": args.runs, "server_range_s": [round(min(served), 3), round(max(served), 3)],
-            "in_process_range_s": [round(min(inproc), 3), round(max(inproc), 3)], "pixels_equal": equal,
-            "idle_round_trip_s": round(statistics.median(trips), 4)}
+            "server_rest_s": round(med["server"] - statistics.median(inference) - statistics.median(encode), 4),
+            "runs": args.runs, "pixels_equal": equal, "idle_round_trip_s": round(statistics.median(trips), 4),
+            **{f"{side}_range_s": [round(min(v), 3), round(max(v), 3)] for side, v in times.items()}}
 
 
 def alternate(rounds: int, sides: dict[str, Callable[[int], tuple[float, list[dict]]]]) -> dict[str, list]:
@@ -350,7 +352,9 @@ def table(figures: dict[str, Any], out: Callable[[str], None]) -> None:
     out(f"1: server {lat['server_s']:.3f} s = inference {lat['server_inference_s']:.3f} s + encode "
         f"{lat['server_encode_s'] * 1000:.0f} ms (PNG + recipe) + {lat['server_rest_s'] * 1000:.0f} ms (HTTP, JSON, "
         f"base64, queue); pixels equal to the in-process call: {'yes' if lat['pixels_equal'] else 'NO'}")
-    out(f"   GET /v1/models on the same kept-alive connection: {lat['idle_round_trip_s'] * 1000:.1f} ms")
+    out(f"   a new connection per request (curl's way): {lat['new_connection_s']:.3f} s, "
+        f"{lat['new_connection_ratio']:.2f}x; GET /v1/models on the kept-alive connection: "
+        f"{lat['idle_round_trip_s'] * 1000:.1f} ms")
     out(f"2: ratio per round {bat['round_ratios']}; micro-batch sizes (size: requests) {bat['batches_concurrent']}; "
         f"the pipeline's own gain from {s['max_batch']} requests in one call: {bat['pipeline_batch_gain']:.2f}x")
     out(f"3: ratio per round {url['round_ratios']}; micro-batch sizes URL {url['batches_url']}, data: URI "

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import requests
-
 from clirun import cli_env
 
 
@@ -26,7 +25,7 @@ class Served:
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.url = self._wait_for(r"listening on (http://\S+)")
+        self.url = self._wait_for(r"listening on ((?:http://|unix:)\S+)")
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -46,7 +45,7 @@ class Served:
         raise AssertionError(f"no {pattern!r} in the server's stderr: {self.stderr()}")
 
     def wait_ready(self) -> Served:
-        self._wait_for(r"^(ready:.*)")
+        self._wait_for(r"(ready: \w+)")
         return self
 
     def stderr(self) -> str:

@@ -12,10 +12,9 @@ import time
 
 import pytest
 import requests
-from PIL import Image
-
 from clirun import diffrun
 from images import data_uri, png
+from PIL import Image
 from serving import Served
 
 pytestmark = pytest.mark.slow
@@ -88,6 +87,9 @@ def test_edits_upload_data_uri_and_url_result(served):
     content = requests.get(item["url"], timeout=30)
     assert content.headers["content-type"] == "image/webp" and Image.open(io.BytesIO(content.content)).format == "WEBP"
     assert served.get("/v1/images/img_nosuchid/content").status_code == 404
+    lines = served.get("/metrics").text.splitlines()
+    fetched = [line for line in lines if line.startswith("diffrun_input_bytes_total")]
+    assert int(fetched[0].split()[1]) >= 2 * len(upload)  # the upload and the data URI, at least
 
 
 @pytest.mark.parametrize(("body", "status", "code", "exit_code", "words"), [

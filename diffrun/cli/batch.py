@@ -80,6 +80,7 @@ def check_manifest_is_not_log(manifest: str, log: Path) -> None:
 
 @takes(flags=jo.JOB_OPTIONS, files=jo.OUTPUT_FILES, runtime=mo.RUNTIME_OPTIONS, policy=options.LOADING)
 def batch(
+    ctx: typer.Context,
     manifest: Annotated[str, typer.Argument(metavar="MANIFEST", help="JSON Lines or CSV manifest, or - for stdin.")],
     flags: Job = None,
     seed: Annotated[list[int] | None, typer.Option(
@@ -154,7 +155,8 @@ def batch(
     from diffrun.pipelines.reference import check_model_ref
 
     console.State.quiet = console.State.quiet or quiet
-    ray_options = _ray_options(engine_name, ray_address, workers, gpus_per_worker)
+    ray_options = _ray_options(engine_name, *_given_on_command_line(ctx, engine_name, ray_address=ray_address,
+                                                                   workers=workers, gpus_per_worker=gpus_per_worker))
     if manifest_format not in ("auto", "jsonl", "csv"):
         raise UsageError(f"--manifest-format: {manifest_format!r} is not one of auto, jsonl, csv")
     folder, template, log_path = output_plan(output, results)
@@ -222,6 +224,19 @@ def batch(
         raise Interrupted(f"interrupted: {_jobs(summary.not_run)} not run", hint="run the same command again to resume")
     if not summary.all_ok:
         raise typer.Exit(Exit.JOBS_FAILED)
+
+
+def _given_on_command_line(ctx: typer.Context, engine: str, **values: Any) -> list[Any]:
+    """The Ray options' values; for the local engine, those that came from the environment dropped: a
+    DIFFRUN_WORKERS exported for Ray runs must not make a local run refuse to start."""
+    if engine == "local":
+        return [None if _source(ctx, name) == "ENVIRONMENT" else value for name, value in values.items()]
+    return list(values.values())
+
+
+def _source(ctx: typer.Context, name: str) -> str | None:
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else None
 
 
 def _ray_options(engine: str, address: str | None, workers: int | None, gpus: float | None) -> Any:

@@ -247,7 +247,7 @@ class BatchRunner:
                 if self._stopping():
                     break
                 if isinstance(loaded, BaseException):
-                    if not isinstance(loaded, Exception):
+                    if not isinstance(loaded, Exception) or isinstance(loaded, DiskError):  # --save-inputs full
                         raise loaded
                     self._fail(job, loaded)
                     continue

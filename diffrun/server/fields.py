@@ -182,7 +182,7 @@ def _refs_text(name: str, value: Any) -> list[str]:
 
 def parse_fields(data: dict[str, Any], *, model_ref: str, policy: FetchPolicy,
                  uploads: dict[str, list[bytes]] | None = None, edits: bool = False,
-                 max_images: int = DEFAULT_MAX_IMAGES) -> Parsed:
+                 max_images: int = DEFAULT_MAX_IMAGES, prompt_required: bool = True) -> Parsed:
     """The Job, the answer settings and the loader policy of one request; FieldError for a bad value."""
     unknown = sorted(k for k in data if k not in KNOWN)
     if unknown:
@@ -191,7 +191,7 @@ def parse_fields(data: dict[str, Any], *, model_ref: str, policy: FetchPolicy,
     answer = Answer()
     if data.get("prompt") is not None:
         job.prompt = _str("prompt", data["prompt"])
-    elif not edits:
+    elif prompt_required and not edits:
         raise FieldError("prompt", "required")
     if data.get("negative_prompt") is not None:
         job.negative_prompt = _str("negative_prompt", data["negative_prompt"])

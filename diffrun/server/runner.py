@@ -43,6 +43,7 @@ class ServeOptions:
     keep_results: int = 256 << 20
     save_inputs: Path | None = None
     max_images: int = 1000
+    debug: bool = False
 
 
 def is_loopback(host: str) -> bool:
@@ -134,10 +135,11 @@ def serve(runtime: ModelOptions, policy: FetchPolicy, options: ServeOptions) -> 
                           save_dir=options.save_inputs)
     state = ServerState(scheduler=scheduler, policy=policy, model_ref=runtime.model,
                         results=ResultStore(options.keep_results), uds=options.uds is not None,
-                        keep_alive=options.keep_alive, max_images=options.max_images)
+                        keep_alive=options.keep_alive, max_images=options.max_images,
+                        debug=options.debug)
     max_body = 4 * policy.max_bytes + (1 << 20)  # a few inputs as base64 or uploads, and the fields
     app = Guard(create_app(state), api_key=options.api_key, max_body=max_body, metrics=state.metrics,
-                json_log=options.json_log)
+                json_log=options.json_log, touch=scheduler.touch)
     sock, url = _bind(options)
     state.base_url = url if url.startswith("http") else ""
     config = uvicorn.Config(app, log_level="error", access_log=False, lifespan="off", server_header=False,

@@ -69,6 +69,8 @@ class Scheduler:
         self.dropped = 0
         """Requests whose client went away before they started (never run)."""
         self.batches = 0
+        self.input_bytes = 0
+        """Bytes of every input loaded: uploads, data: URIs and fetched URLs."""
         self._on_progress = on_progress
         self._queue: collections.deque[Work] = collections.deque()
         self._cond = threading.Condition()
@@ -87,10 +89,15 @@ class Scheduler:
 
         try:
             self.model = pipelines.load_model(self.runtime, on_progress=progress)
+            self.last_activity = time.monotonic()  # --keep-alive counts from ready
         except BaseException as exc:  # reported by the runner, which exits 4 (or 70 for a bug)
             self.load_error = exc
         finally:
             self.loaded.set()
+
+    def touch(self) -> None:
+        """A request arrived or ended: --keep-alive's idle time starts again."""
+        self.last_activity = time.monotonic()
 
     @property
     def queued(self) -> int:
@@ -115,15 +122,18 @@ class Scheduler:
                 raise QueueFullError(f"the queue is full ({self.max_queue} requests)", hint="retry later")
             self._queue.append(work)
             self.last_activity = time.monotonic()
+            work.emit({"event": "queued", "position": len(self._queue) - 1})  # before its inputs start loading
             work.inputs = self._pool.submit(self._load_inputs, work)
-            work.emit({"event": "queued", "position": len(self._queue) - 1})
             self._cond.notify_all()
 
     def _load_inputs(self, work: Work) -> jobrun.JobInputs:
         if work.cancelled.is_set():
             raise Cancelled
         work.emit({"event": "status", "text": "loading inputs"})
-        return jobrun.load_job_inputs(work.job, work.policy, self.save_dir)
+        inputs = jobrun.load_job_inputs(work.job, work.policy, self.save_dir)
+        with self._cond:
+            self.input_bytes += sum(len(item.data) for items in inputs.images.values() for item in items)
+        return inputs
 
     def drain(self, timeout: float) -> None:
         """Stop taking requests; what is queued runs for up to `timeout` seconds, the rest answers 503."""
@@ -196,8 +206,10 @@ class Scheduler:
                 self._finished(nxt)
                 continue
             if len(candidate[2]) != 1 or pipelines.batch_key(candidate[2][0]) != key:
-                self._run([candidate])  # its own run, right now: order is kept
-                continue
+                with self._cond:  # not this batch's kind: back to the head of the queue, it runs next
+                    self._queue.appendleft(nxt)
+                    self.in_flight -= 1
+                break
             batch.append(candidate)
         return batch
 

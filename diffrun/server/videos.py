@@ -51,7 +51,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         data, uploads = await _read_any(request, state)
         seconds = data.pop("seconds", None)
         parsed = fields.parse_fields(data, model_ref=state.model_ref, policy=state.policy, uploads=uploads,
-                                     max_images=state.max_images)
+                                     max_images=state.max_images, prompt_required=False)
         model = state.scheduler.model
         if model is None:
             raise UnavailableError("the model is still loading", hint="wait for /health to answer 200")

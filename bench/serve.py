@@ -84,8 +84,7 @@ class LoadMeter:
         self.start_busy = _cpu_seconds_busy()
         self.start_ours = time.process_time()
         self.load_at_start = os.getloadavg()[0]
-        self.children_cpu = 0.0
-        """CPU of reaped children (tiny-model, the server), set once they are gone."""
+        self.children_cpu = 0.0  # the server's CPU seconds, set once it is reaped
 
     def report(self) -> dict[str, Any]:
         wall = time.monotonic() - self.start_wall
@@ -393,21 +392,19 @@ def main(argv: list[str] | None = None) -> int:
             latency = measure_latency(url, model, args)
             batching = measure_batching(url, model, args)
             url_inputs = measure_url_inputs(url, args)
-        meter.children_cpu = sum(os.times()[2:4])  # tiny-model and the server, both reaped by now
-    figures = {"settings": {"size": args.size, "steps": args.steps, "runs": args.runs, "requests": args.requests,
-                            "rounds": args.rounds,
-                            "latency_s": args.latency, "max_batch": args.max_batch, "quick": args.quick,
-                            "torch_threads": torch.get_num_threads(), "setup_s": round(setup, 1)},
+        meter.children_cpu = sum(os.times()[2:4])  # the server's, reaped by now
+    settings = {k: getattr(args, k) for k in ("size", "steps", "runs", "requests", "rounds", "max_batch", "quick")}
+    figures = {"settings": {**settings, "latency_s": args.latency, "torch_threads": torch.get_num_threads(),
+                            "setup_s": round(setup, 1)},
                "latency": latency, "batching": batching, "url_inputs": url_inputs, "load": meter.report()}
     figures["goals"] = {name: verdict(name, figures[name]["ratio"]) for name in GOALS}
     to_stderr = args.json == "-"
     table(figures, lambda line: print(line, file=sys.stderr if to_stderr else sys.stdout))
-    if args.json:
-        text = json.dumps(figures, indent=2) + "\n"
-        if to_stderr:
-            sys.stdout.write(text)
-        else:
-            Path(args.json).write_text(text, encoding="utf-8")
+    text = json.dumps(figures, indent=2) + "\n"
+    if to_stderr:
+        sys.stdout.write(text)
+    elif args.json:
+        Path(args.json).write_text(text, encoding="utf-8")
     return 0
 
 

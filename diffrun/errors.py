@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -12,6 +13,8 @@ class Exit(IntEnum):
     INPUT = 3
     MODEL = 4
     OUT_OF_MEMORY = 5
+    OUTPUT_CHECK = 6
+    """An output check failed under --strict (blank, NaN/Inf, NSFW), or --expect found the output too far off."""
     UNAVAILABLE = 69
     """The server (`--server`, `--warm`) cannot be reached or is not ready (sysexits' EX_UNAVAILABLE)."""
     INTERNAL = 70
@@ -94,6 +97,13 @@ class OutOfMemoryError(DiffrunError):
     category = code = "out_of_memory"
 
 
+class OutputCheckError(DiffrunError):
+    """An output failed a check under --strict, or differs from its --expect golden (exit 6)."""
+
+    exit = Exit.OUTPUT_CHECK
+    category = code = "output_check"
+
+
 class ServerUnavailable(DiffrunError):
     """A `--server`/`--warm` server that cannot be reached, or is not ready in time (exit 69)."""
 
@@ -125,6 +135,21 @@ class StdoutClosed(DiffrunError):
 
     exit = Exit.STDOUT_CLOSED
     category = code = "stdout_closed"
+
+
+_DISK_FULL = {errno.ENOSPC: "disk full", getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded"}
+_DISK_BROKEN = {errno.EIO, errno.EROFS}
+DISK_FULL_HINT = "free some space, then run the same command again (a batch resumes where it stopped)"
+
+
+def disk_error(path: object, exc: OSError) -> DiskError | None:
+    """The DiskError (exit 74) for a write of `path` that failed because the disk is full or broken;
+    None for any other failure (a permission, a missing folder: the caller's own error)."""
+    if exc.errno in _DISK_FULL:
+        return DiskError(f"{_DISK_FULL[exc.errno]}: cannot write {path}", hint=DISK_FULL_HINT, code="disk_full")
+    if exc.errno in _DISK_BROKEN:
+        return DiskError(f"cannot write {path}: {exc.strerror or exc}", code="io")
+    return None
 
 
 class QueueFullError(DiffrunError):

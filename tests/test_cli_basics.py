@@ -104,3 +104,17 @@ def test_fetch_policy_from_options() -> None:
     assert policy.background == (16, 32, 48) and policy.allow_hosts == ("example.com",)
     with pytest.raises(UsageError):
         options.fetch_policy(background="not-a-colour")
+
+
+def test_ray_options_exported_for_ray_runs_do_not_stop_a_local_batch(tmp_path) -> None:
+    """DIFFRUN_WORKERS in the environment (set for Ray runs) is not a --workers given to a local run;
+    the same option on the command line still is a usage error."""
+    from clirun import cli_env
+
+    manifest = tmp_path / "jobs.jsonl"
+    manifest.write_text('{"prompt": "x"}\n')
+    env = {**cli_env(), "DIFFRUN_WORKERS": "3", "DIFFRUN_GPUS_PER_WORKER": "0.5"}
+    proc = diffrun("batch", str(manifest), "--dry-run", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    proc = diffrun("batch", str(manifest), "--dry-run", "--workers", "3", cwd=tmp_path)
+    assert proc.returncode == 2 and b"--workers is an option of the Ray engine" in proc.stderr

@@ -178,7 +178,7 @@ def test_stdout_dash_onto_a_terminal_is_refused_before_the_model(tmp_path: Path)
 
 # -- help --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", ["generate", "batch", "tiny-model", "env", "completion"])
+@pytest.mark.parametrize("command", ["generate", "batch", "serve", "compare", "tiny-model", "env", "completion"])
 def test_help_placeholders_defaults_and_debug(command: str) -> None:
     proc = diffrun(command, "--help", env=cli_env(COLUMNS="250"))
     text = proc.stdout.decode()

@@ -207,3 +207,18 @@ def test_mutated_real_images_only_raise_input_error(noise):
         data[(i * 7919 + byte) % len(data)] = byte
     with contextlib.suppress(InputError):
         load_input(bytes(data[: max(8, len(data) - noise[0] % 50)]))
+
+
+def test_memory_running_out_while_decoding_is_out_of_memory_not_a_damaged_input(monkeypatch):
+    """Within --max-pixels, a MemoryError while the pixels decode is the machine's shortage (exit 5),
+    not "truncated or corrupt" (exit 3): the same bytes load on a machine with more memory."""
+    from diffrun.errors import Exit, OutOfMemoryError
+
+    def short_of_memory(self):
+        raise MemoryError
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", short_of_memory)
+    with pytest.raises(OutOfMemoryError) as info:
+        load_input(images.png(size=(32, 16)))
+    assert info.value.exit == Exit.OUT_OF_MEMORY
+    assert "out of memory decoding its 32x16 PNG pixels" in info.value.message

@@ -35,8 +35,8 @@ def _group_flags(group: OptionGroup) -> set[str]:
 
 
 @pytest.mark.parametrize(("group", "commands"), [
-    (options.LOADING, ("generate", "batch", "inspect")),
-    (mo.RUNTIME_OPTIONS, ("generate", "batch")),
+    (options.LOADING, ("generate", "batch", "inspect", "serve")),
+    (mo.RUNTIME_OPTIONS, ("generate", "batch", "serve")),
     (jo.JOB_OPTIONS, ("generate", "batch")),
     (jo.OUTPUT_FILES, ("generate", "batch")),
 ])

@@ -222,3 +222,30 @@ def test_one_job_is_one_job(tmp_path: Path, capsys) -> None:
     manifest.write_text(json.dumps({"id": "a", "prompt": "x"}) + "\n")
     assert main(["batch", str(manifest), "--dry-run", "-o", str(tmp_path / "o")]) == 0
     assert "1 job: 1 would run" in capsys.readouterr().err
+
+
+def test_a_full_disk_under_save_inputs_stops_the_batch(monkeypatch, tmp_path: Path) -> None:
+    """Keeping an input's bytes on a full disk is the disk's failure, not that job's: the batch stops
+    (exit 74) instead of recording job after job as failed inputs."""
+    from diffrun.loaders.store import InputStore
+
+    config = _fake_pipeline(monkeypatch, tmp_path, load=jobrun.load_job_inputs)  # the real loader
+    config.save_inputs = tmp_path / "kept"
+
+    def full(self, path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(InputStore, "_write_atomic", full)
+    todo = [Job(id=f"j{i}", prompt="p", image=[str(_png(tmp_path, i))], seeds=[i]) for i in range(3)]
+    with pytest.raises(DiskError) as caught:
+        run_batch(todo, config)
+    assert caught.value.exit == Exit.IO and caught.value.code == "disk_full"
+    assert not [r for r in read_records(config.results) if r["status"] == "failed"]
+
+
+def _png(folder: Path, i: int) -> Path:
+    from PIL import Image
+
+    path = folder / f"in{i}.png"
+    Image.new("RGB", (8, 8), (i, 0, 0)).save(path)
+    return path

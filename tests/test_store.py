@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 
 import images
@@ -139,3 +140,20 @@ def test_planted_file_under_an_inputs_name_is_replaced(tmp_path):
     mtime = (tmp_path / "file" / f"{sha}.png").stat().st_mtime_ns
     load_input(data, save_dir=tmp_path / "file")
     assert (tmp_path / "file" / f"{sha}.png").stat().st_mtime_ns == mtime
+
+
+def test_a_full_disk_under_save_inputs_is_exit_74_not_a_bad_input(tmp_path, monkeypatch):
+    """ENOSPC while keeping an input's bytes is the disk's failure (DiskError, exit 74, as for outputs),
+    not the input's (exit 3): the input itself was fine."""
+    import errno
+
+    from diffrun.errors import DiskError, Exit
+
+    def full(self, path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(InputStore, "_write_atomic", full)
+    with pytest.raises(DiskError) as info:
+        load_input(images.png(), save_dir=tmp_path / "saved")
+    assert info.value.exit == Exit.IO and info.value.code == "disk_full"
+    assert "--save-inputs" in info.value.message

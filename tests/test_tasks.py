@@ -240,3 +240,19 @@ def test_precheck_lets_pass_what_only_loading_can_tell(tmp_path: Path) -> None:
     (broken / "model_index.json").write_text("{not json")
     for ref in (custom, broken, tmp_path / "missing", "nobody/not-cached"):
         precheck(ModelOptions(str(ref)), Request("a", None, {}, {"wobble": 3}, 0))
+
+
+# --- --compile: the denoiser is compiled in place, so a task switch still finds its component -------------------
+
+def test_a_compiled_denoiser_keeps_its_class_and_survives_a_task_switch(tiny_sd: Path) -> None:
+    """torch.compile's wrapper (OptimizedModule) is not a UNet2DConditionModel: from_pipe refused it and
+    image-to-image with --compile failed. Compiled in place, the switch shares the same compiled module.
+    (No pipeline call: compiling for real is a GPU check, bench/gpu.py.)"""
+    from diffrun.pipelines.variants import is_compiled
+
+    model = load_model(ModelOptions(str(tiny_sd), device="cpu", dtype="fp32", compile=True))
+    assert type(model.pipe.unet).__name__ == "UNet2DConditionModel" and is_compiled(model.pipe.unet)
+    request = Request("a house", None, {"image": picture()}, STEPS, 0)
+    assert plan_task(model, request) == "image-to-image"
+    switched = resolve(model, request).pipe
+    assert type(switched).__name__ == "StableDiffusionImg2ImgPipeline" and switched.unet is model.pipe.unet

@@ -63,3 +63,36 @@ def test_unknown_kind_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="sd, svd"):
         make_tiny_model(tmp_path / "x", "gan")
     assert not (tmp_path / "x").exists()
+
+
+PINNED = {  # sha256 of every parameter's name, shape and float32 bytes (pipelines/seeded.weights_digest)
+    "tiny_sd": {"unet": "6c321287e2b4d6ddeb73c3adb4495bebe2a46bac53d6804cad4724b987a2f149",
+                "vae": "3bccf27ad61bd07eb5e07650be14dcfee177240384970ef2823ada232477f25f",
+                "text_encoder": "0109cb69ef34daab86bff8d82c854c1735ff60d5d11f76facbef4c78edd3cb6b"},
+    "tiny_svd": {"unet": "6d976ef3b92e49a2400660b8ff928080b1ee58ed05e46188792070e6e69a3183",
+                 "vae": "f0dd2da6b2a1cf88bcbfe5b223cc103ec11b412047e07331c70a3047c6ac1dd9",
+                 "image_encoder": "abb3a0eb416747d3718f71bdb8bb1e70d11b8c19d4ec67711b3fd2e00e9c1016"},
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(PINNED))
+def test_weights_come_from_diffruns_generator_not_torchs(fixture: str, request: pytest.FixtureRequest) -> None:
+    """The pinned digests hold under any torch: a torch or diffusers upgrade must not move a golden."""
+    from safetensors.torch import load_file
+
+    from diffrun.pipelines.seeded import weights_digest
+
+    folder: Path = request.getfixturevalue(fixture)
+    for component, digest in PINNED[fixture].items():
+        weights = load_file(next((folder / component).glob("*.safetensors")))
+        assert weights_digest(weights, component) == digest, component
+
+
+def test_draw_is_fixed_by_pcg64_words_alone() -> None:
+    from diffrun.pipelines.seeded import draw
+
+    assert draw(0, "x", (4,), "uniform", 4).tolist() == pytest.approx(
+        [0.11086523532867432, 0.020783934742212296, -0.1348753571510315, -0.16572906076908112], abs=0)
+    assert draw(0, "x", (3,), "normal").tolist() == pytest.approx(
+        [-0.01818794198334217, -0.012252887710928917, 0.020597631111741066], abs=0)
+    assert draw(1, "x", (4,), "uniform", 4).tolist() != draw(0, "x", (4,), "uniform", 4).tolist()

@@ -50,9 +50,9 @@ def _root(
 
 def _register() -> None:
     """Commands are small modules; importing them imports nothing heavy (torch stays lazy)."""
-    from diffrun.cli import batch, completion, env, generate, inspect, ps, serve, tiny_model
+    from diffrun.cli import batch, compare, completion, env, generate, inspect, ps, serve, tiny_model
 
-    for module in (generate, batch, inspect, tiny_model, env, completion, serve, ps):
+    for module in (generate, batch, serve, compare, inspect, tiny_model, env, completion, ps):
         module.register(app)
     for command in app.registered_commands:  # every command's --help lists --debug and -h/--help
         command.callback = options.with_common(command.callback)

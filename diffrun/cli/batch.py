@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from diffrun.cli import checks as ch
 from diffrun.cli import console, options
 from diffrun.cli import job_options as jo
 from diffrun.cli import model_options as mo
@@ -34,6 +35,7 @@ from diffrun.errors import Exit, Interrupted, UsageError
 from diffrun.jobs import DEFAULT_MAX_IMAGES, Job
 from diffrun.loaders.policy import FetchPolicy
 from diffrun.outputs.names import template_fields
+from diffrun.pipelines.checks import describe
 from diffrun.pipelines.models import ModelOptions
 
 BATCH = "Batch"
@@ -83,6 +85,7 @@ def check_manifest_is_not_log(manifest: str, log: Path) -> None:
 @takes(flags=jo.JOB_OPTIONS, files=jo.OUTPUT_FILES, runtime=mo.RUNTIME_OPTIONS, policy=options.LOADING,
        remote=so.REMOTE)
 def batch(
+    ctx: typer.Context,
     manifest: Annotated[str, typer.Argument(metavar="MANIFEST", help="JSON Lines or CSV manifest, or - for stdin.")],
     flags: Job = None,
     seed: Annotated[list[int] | None, typer.Option(
@@ -142,6 +145,10 @@ def batch(
     progress: options.ProgressFlag = False,
     save_inputs: options.SaveInputs = None,
     policy: FetchPolicy = None,
+    strict: ch.Strict = False,
+    junit: Annotated[Path | None, typer.Option(
+        "--junit", envvar="DIFFRUN_JUNIT", metavar="FILE", rich_help_panel=ch.CHECKS,
+        help="Also write a JUnit XML report, one test case per job (replaced each run).")] = None,
 ) -> None:
     """Run every row of a manifest (JSON Lines or CSV) with one model load.
 
@@ -163,7 +170,8 @@ def batch(
     console.State.quiet = console.State.quiet or quiet
     if remote is not None and engine_name == "ray":
         raise UsageError("--engine ray and --server/--warm both say where jobs run; give one")
-    ray_options = _ray_options(engine_name, ray_address, workers, gpus_per_worker)
+    ray_options = _ray_options(engine_name, *_given_on_command_line(ctx, engine_name, ray_address=ray_address,
+                                                                   workers=workers, gpus_per_worker=gpus_per_worker))
     if concurrency is not None and remote is None:
         raise UsageError("--concurrency is an option of --server and --warm")
     if manifest_format not in ("auto", "jsonl", "csv"):
@@ -193,8 +201,13 @@ def batch(
         model=runtime, policy=policy, output_dir=folder, results=log_path, prefetch=prefetch, batch_size=batch_size,
         overwrite=files.overwrite, quality=files.quality, sidecar=files.sidecar, fps=flags.fps, save_inputs=save_inputs,
         retry_failed=retry_failed, force=force, fail_fast=fail_fast,
-        allow_outside_output=allow_outside_output,
+        allow_outside_output=allow_outside_output, strict=strict,
     )
+    if junit is not None:
+        from diffrun.outputs.atomic import check_writable
+
+        check_writable(junit.expanduser().absolute().parent, "--junit folder")
+    records: list[dict[str, Any]] = []
     if not served:
         check_model_ref(config.model.model, config.model.revision)  # before inputs, torch or Ray start
     stdout_closed = False
@@ -211,23 +224,32 @@ def batch(
             counts = {k: bar.tasks[0].fields[k] for k in ("ok", "failed", "skipped")}
             counts[record["status"]] += 1
             bar.update(task, advance=1, **counts)
+            records.append(record)
             if record["status"] == "failed":
                 bar.console.print(f"[red]failed[/red] {escape(clean(record['id']))}: "
                                   f"{escape(clean(record['error']['message']))}", markup=True, highlight=False)
+            elif record["status"] == "ok":
+                for check in record.get("checks") or []:
+                    bar.console.print(f"[yellow]warning:[/yellow] {escape(clean(record['id']))}: output check "
+                                      f"failed: {escape(clean(describe(check)))}", markup=True, highlight=False)
 
         hooks = {"should_stop": lambda: stop.requested or stdout_closed, "on_result": on_result,
                  "on_status": lambda text: bar.update(task, status=text)}
-        if remote is not None:
-            from diffrun.client.run import run_batch as run_remote_batch
+        try:
+            if remote is not None:
+                from diffrun.client.run import run_batch as run_remote_batch
 
-            summary = run_remote_batch(jobs, config, remote, runtime, concurrency=concurrency, say=console.warn,
-                                       **hooks)
-        elif ray_options is None:
-            summary = engine.run_batch(jobs, config, **hooks)
-        else:
-            from diffrun.engine.ray_engine import run_ray_batch
+                summary = run_remote_batch(jobs, config, remote, runtime, concurrency=concurrency, say=console.warn,
+                                           **hooks)
+            elif ray_options is None:
+                summary = engine.run_batch(jobs, config, **hooks)
+            else:
+                from diffrun.engine.ray_engine import run_ray_batch
 
-            summary = run_ray_batch(jobs, config, ray_options, **hooks)
+                summary = run_ray_batch(jobs, config, ray_options, **hooks)
+        finally:  # what ran is reported, also when the run stops early
+            if junit is not None:
+                _write_junit(junit, records, log_path, manifest)
     if stdout_closed:  # the reader went away: what ran is logged, the rest is left for a rerun
         raise StdoutClosed("stdout closed")
     # The summary is a log of the run, not its result (that is the results log and --json): stderr.
@@ -240,6 +262,27 @@ def batch(
         raise Interrupted(f"interrupted: {_jobs(summary.not_run)} not run", hint="run the same command again to resume")
     if not summary.all_ok:
         raise typer.Exit(Exit.JOBS_FAILED)
+
+
+def _write_junit(path: Path, records: list[dict[str, Any]], log_path: Path, manifest: str) -> None:
+    from diffrun.engine.junit import write_junit
+    from diffrun.engine.results import read_records, settled
+
+    suite = "diffrun.batch" if manifest == "-" else f"diffrun.batch.{Path(manifest).stem}"
+    write_junit(path.expanduser(), records, suite=suite, earlier=settled(read_records(log_path)))
+
+
+def _given_on_command_line(ctx: typer.Context, engine: str, **values: Any) -> list[Any]:
+    """The Ray options' values; for the local engine, those that came from the environment dropped: a
+    DIFFRUN_WORKERS exported for Ray runs must not make a local run refuse to start."""
+    if engine == "local":
+        return [None if _source(ctx, name) == "ENVIRONMENT" else value for name, value in values.items()]
+    return list(values.values())
+
+
+def _source(ctx: typer.Context, name: str) -> str | None:
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else None
 
 
 def _ray_options(engine: str, address: str | None, workers: int | None, gpus: float | None) -> Any:

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from diffrun.cli import checks as ch
 from diffrun.cli import console, options
 from diffrun.cli import job_options as jo
 from diffrun.cli import model_options as mo
@@ -47,8 +48,15 @@ def generate(
     save_inputs: options.SaveInputs = None,
     policy: FetchPolicy = None,
     remote: RemoteOptions | None = None,
+    strict: ch.Strict = False,
+    expect: ch.Expect = None,
+    tolerance: ch.TolerancePsnr = None,
+    max_diff: ch.MaxDiff = None,
 ) -> None:
-    """Run one job: text-to-image, image-to-image, inpainting or image-to-video, chosen from the inputs."""
+    """Run one job: text-to-image, image-to-image, inpainting or image-to-video, chosen from the inputs.
+
+    Each output is checked (blank or single-colour, NaN/Inf, NSFW blackout): a warning, or with --strict
+    exit 6; --expect GOLDEN.png compares the output with a golden image (exit 6 when too far off)."""
     console.State.quiet = console.State.quiet or quiet
     if json_out and output == "-":
         raise UsageError("--json and -o - both write to stdout; choose one")
@@ -64,6 +72,7 @@ def generate(
     if not job.seeds:
         job.seeds = [secrets.randbelow(2**32)]
     jo.check_job(job, max_images)
+    limit = _expect_plan(job, expect, tolerance, max_diff)
     model_given = runtime.model
     if remote is None or remote.warm or runtime.model or recipe_model:  # --server needs no -m: the server has one
         runtime = mo.require_model(runtime, recipe_model)
@@ -82,13 +91,61 @@ def generate(
             console.emit_json({"status": "error", "exit": int(exc.exit), "error": log_message(exc.message),
                                "seeds": job.seeds})
         raise
+    failure = _checked(summary, job, strict=strict, expect=expect, limit=limit)
     if json_out:
         console.emit_json(summary)
-    else:
+    if failure is not None:
+        raise failure
+    if not json_out:
         for path in summary["outputs"]:
             if path != "-":
                 console.info(f"wrote {path}")
         console.info(f"seed {', '.join(map(str, job.seeds))}; {summary['timings']['total']:.1f} s")
+
+
+def _expect_plan(job: Job, expect: Path | None, tolerance: float | None, max_diff: int | None):
+    """The --expect tolerance; the golden is read now (exit 3 before any model loads), one output only."""
+    from diffrun.jobs import images_per_seed
+    from diffrun.outputs.compare import load_pixels
+
+    if expect is None:  # --tolerance alone (or DIFFRUN_TOLERANCE set for compare) does nothing here
+        return None
+    limit = ch.tolerance_from(tolerance, max_diff)
+    if len(job.seeds) * images_per_seed(job) != 1:
+        raise UsageError("--expect compares one output; give one --seed and no --num-images",
+                         hint="for several outputs, run `diffrun compare` on the folder")
+    load_pixels(expect)
+    return limit
+
+
+def _checked(summary: dict, job: Job, *, strict: bool, expect: Path | None, limit) -> DiffrunError | None:
+    """Warn about failed output checks (or, with --strict, fail: exit 6); compare with --expect. The
+    summary gets `checks` (and `expect`); on failure its status becomes error, as other failures'."""
+    from diffrun.engine.jobrun import check_failure
+    from diffrun.errors import OutputCheckError
+    from diffrun.outputs.compare import check_expected, table_line
+
+    failure: DiffrunError | None = None
+    checks = summary.get("checks") or []
+    if checks and strict:
+        failure = check_failure(checks, summary["outputs"][0] if summary["outputs"] else "generate")
+    elif checks:
+        ch.warn_checks(checks, "generate")
+    if expect is not None and summary.get("images"):
+        path = summary["outputs"][0]
+        comparison = check_expected(summary["images"][0] if path == "-" else path, expect, limit)
+        summary["expect"] = comparison.row()
+        if comparison.ok:
+            console.info(f"matches {expect}: {table_line(comparison).split(': ', 1)[1]}")
+        if not comparison.ok and failure is None:
+            failure = OutputCheckError(f"--expect {expect}: {path} {table_line(comparison).split(': ', 1)[1]}, "
+                                       f"wanted {limit.describe()}",
+                                       hint="look at it with: diffrun compare OUTPUT GOLDEN --diff heat.png",
+                                       code="expect_mismatch")
+    summary.pop("images", None)
+    if failure is not None:
+        summary.update(status="error", exit=int(failure.exit), error=log_message(failure.message), code=failure.code)
+    return failure
 
 
 def _from_recipe(path: Path, flags: Job) -> tuple[Job, str | None, bool]:
@@ -184,6 +241,8 @@ def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool
         "pipeline": results[0].pipeline, "scheduler": model.info.get("scheduler"), "device": model.device,
         "dtype": model.dtype, "threads": cpu_threads(), "inputs": inputs.describe(),
         "timings": {k: round(v, 4) for k, v in timings.items()},
+        "checks": jobrun.job_checks(job, results, written),
+        "images": [image for output in results for image in output.images],
     }
 
 

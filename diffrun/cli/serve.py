@@ -7,23 +7,30 @@ from typing import Annotated
 
 import typer
 
+from diffrun.cli import console, options
 from diffrun.cli import model_options as mo
-from diffrun.cli import options
+from diffrun.cli.groups import takes
 from diffrun.cli.options import FLAG, LOADER
 from diffrun.errors import UsageError
 from diffrun.jobs import DEFAULT_MAX_IMAGES
+from diffrun.loaders.policy import FetchPolicy
+from diffrun.pipelines.models import ModelOptions
 from diffrun.units import parse_duration, parse_size
 
 SERVER = "Server"
 
 BlockPrivate = Annotated[bool, typer.Option(
-    "--block-private/--allow-private", envvar="DIFFRUN_BLOCK_PRIVATE", rich_help_panel=LOADER,
+    "--block-private/--allow-private", envvar="DIFFRUN_BLOCK_PRIVATE", metavar=FLAG, rich_help_panel=LOADER,
     help="Refuse URLs to loopback, private, link-local and reserved addresses (on by default: the server "
          "fetches on behalf of whoever can reach it).")]
 
 
+SERVE_LOADING = options.LOADING.replacing("block_private", BlockPrivate, True)
+"""The loader options with the private-address guard on by default (--allow-private turns it off)."""
+
+
+@takes(runtime=mo.RUNTIME_OPTIONS, policy=SERVE_LOADING)
 def serve(
-    model: mo.Model = None,
     host: Annotated[str, typer.Option("--host", envvar="DIFFRUN_HOST", metavar="HOST", rich_help_panel=SERVER,
                                       help="Address to listen on (not loopback: needs --api-key or --insecure).")]
     = "127.0.0.1",
@@ -50,7 +57,8 @@ def serve(
         help="Exit 0 after this long with nothing to do (0: stay).")] = "0",
     keep_results: Annotated[str, typer.Option(
         "--keep-results", envvar="DIFFRUN_KEEP_RESULTS", metavar="SIZE", rich_help_panel=SERVER,
-        help="Memory for response_format=url results (each kept at most an hour, oldest dropped first).")]
+        help="Memory for response_format=url results and finished videos (each kept at most an hour, "
+             "oldest dropped first).")]
     = "256MB",
     ready_file: Annotated[Path | None, typer.Option(
         "--ready-file", metavar="PATH", rich_help_panel=SERVER,
@@ -60,45 +68,20 @@ def serve(
         help="Most outputs one request may ask for.")] = DEFAULT_MAX_IMAGES,
     json_log: Annotated[bool, typer.Option("--json", envvar="DIFFRUN_JSON", metavar=FLAG,
                                            help="Log JSON lines on stderr.")] = False,
-    revision: mo.Revision = None,
-    variant: mo.Variant = None,
-    device: mo.Device = "auto",
-    dtype: mo.Dtype = "auto",
-    offload: mo.Offload = "none",
-    vae_tiling: mo.VaeTiling = False,
-    vae_slicing: mo.VaeSlicing = False,
-    attention_slicing: mo.AttentionSlicing = False,
-    compile_: mo.Compile = False,
-    scheduler: mo.Scheduler = None,
-    lora: mo.Lora = None,
-    threads: mo.Threads = None,
+    runtime: ModelOptions = None,
     save_inputs: options.SaveInputs = None,
-    timeout: options.Timeout = "30",
-    deadline: options.Deadline = "120",
-    retries: options.Retries = 3,
-    max_input_bytes: options.MaxInputBytes = "50MB",
-    max_pixels: options.MaxPixels = options.DEFAULT_MAX_PIXELS,
-    background: options.Background = "white",
-    allow_host: options.AllowHost = None,
-    block_private: BlockPrivate = True,
+    policy: FetchPolicy = None,
 ) -> None:
     """Serve the model over HTTP (OpenAI's images and videos API): loaded once, one GPU, many clients."""
     from diffrun.server.runner import ServeOptions
 
-    runtime = mo.model_options(
-        model=model, revision=revision, variant=variant, device=device, dtype=dtype, offload=offload,
-        vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention_slicing=attention_slicing, compile_=compile_,
-        scheduler=scheduler, lora=lora, threads=threads,
-    )
-    policy = options.fetch_policy(
-        timeout=timeout, deadline=deadline, retries=retries, max_input_bytes=max_input_bytes,
-        max_pixels=max_pixels, background=background, allow_host=allow_host, block_private=block_private,
-    )
+    runtime = mo.require_model(runtime)
     settings = ServeOptions(
         host=host, port=port, uds=uds, api_key=api_key or None, insecure=insecure, max_queue=max_queue,
         max_batch=max_batch, drain_timeout=_seconds("--drain-timeout", drain_timeout),
         keep_alive=_seconds("--keep-alive", keep_alive), ready_file=ready_file, json_log=json_log,
         keep_results=parse_size(keep_results), save_inputs=save_inputs, max_images=max_images,
+        debug=console.State.debug,
     )
     from diffrun.server.runner import serve as run_server
 

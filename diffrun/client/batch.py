@@ -17,9 +17,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any
 
-from diffrun.client.job import parse_items, post, prepare_inputs, recipe_for, request, write_items
+from diffrun.client.job import item_checks, parse_items, post, prepare_inputs, recipe_for, request, write_items
 from diffrun.client.transport import Server
 from diffrun.engine.batch import BatchConfig, BatchRunner
+from diffrun.engine.jobrun import check_failure
 from diffrun.engine.results import OK, now_iso
 from diffrun.errors import DiffrunError, DiskError, OutputExistsError, ServerUnavailable
 from diffrun.jobs import Job, images_per_seed
@@ -119,11 +120,16 @@ class RemoteBatchRunner(BatchRunner):
         timings["write"] = time.perf_counter() - started
         with self._lock:
             self.summary.seconds["writing"] += timings["write"]
+        checks = item_checks(job, results, written)
+        if checks and config.strict:  # the files stay, to look at; the job fails (exit 6 in its line)
+            self._fail(job, check_failure(checks, job.id), None, timings, outputs=written, checks=checks)
+            return
+        with self._lock:
             self.summary.ok += 1
             self.summary.images += len(written)
         self._emit({"id": job.id, "status": OK, "outputs": written, "seed": job.seeds[0] if job.seeds else None,
                     "seeds": job.seeds, "inputs": _hashes(recipe_for(results[0][0], job, prepared)), "batch": 1,
-                    "timings": {k: round(v, 4) for k, v in timings.items()}, "time": now_iso()})
+                    "timings": {k: round(v, 4) for k, v in timings.items()}, "checks": checks, "time": now_iso()})
 
     def _targets(self, job: Job, kind: str) -> tuple[list[str], bool]:
         """The job's output paths, by the local engine's rules (inside -o, own files only, none twice)."""

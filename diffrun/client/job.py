@@ -111,6 +111,8 @@ class Item:
     image: Image.Image | None
     frames: list[Image.Image] | None
     recipe: dict[str, Any]
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    """The server's output checks of this item (blank, NaN/Inf, NSFW; protocol: `diffrun.checks`)."""
 
 
 def parse_items(response: dict[str, Any], expected: int, server: Server) -> list[Item]:
@@ -123,10 +125,12 @@ def parse_items(response: dict[str, Any], expected: int, server: Server) -> list
         recipe = info.get("recipe") if isinstance(info, dict) else None
         if not isinstance(recipe, dict):
             raise _bad(server, "a data item without diffrun.recipe")
+        checks = [c for c in info.get("checks") or [] if isinstance(c, dict)] if isinstance(
+            info.get("checks"), list) else []
         if isinstance(entry.get("frames_b64"), list):
-            items.append(Item(None, [_png(frame, server) for frame in entry["frames_b64"]], recipe))
+            items.append(Item(None, [_png(frame, server) for frame in entry["frames_b64"]], recipe, checks))
         else:
-            items.append(Item(_png(entry.get("b64_json"), server), None, recipe))
+            items.append(Item(_png(entry.get("b64_json"), server), None, recipe, checks))
     return items
 
 
@@ -208,7 +212,23 @@ def run_job(job: Job, server: Server, policy: FetchPolicy, *, model: str, save_i
         "dtype": first.get("dtype"), "threads": first.get("threads"),
         "inputs": recipe_for(results[0][0], job, prepared)["inputs"], "server": server.shown,
         "timings": {k: round(v, 4) for k, v in timings.items()},
+        "checks": item_checks(job, results, written),
+        "images": [item.image for items in results for item in items if item.image is not None],
     }
+
+
+def item_checks(job: Job, results: list[list[Item]], written: list[str]) -> list[dict[str, Any]]:
+    """Every failed output check, with its seed and written path, as jobrun.job_checks gives a local run's."""
+    found: list[dict[str, Any]] = []
+    position = 0
+    for seed, items in zip(job.seeds, results, strict=True):
+        for item in items:
+            for check in item.checks:
+                if check.get("ok", True) is False:
+                    found.append({**check, "seed": seed, "output": written[position] if position < len(written)
+                                  else None})
+            position += 1
+    return found
 
 
 def write_items(job: Job, prepared: Prepared, results: list[list[Item]], targets: list[str], *,

@@ -69,6 +69,8 @@ class BatchConfig:
     fail_fast: bool = False
     allow_outside_output: bool = False
     """Let a job's `output` name files outside `output_dir`."""
+    strict: bool = False
+    """A failed output check (blank, NaN/Inf, NSFW) fails the job, with error code output_check."""
 
 
 @dataclass
@@ -189,11 +191,12 @@ class BatchRunner:
             self.on_result(record)
 
     def _fail(self, job: Job, exc: BaseException, inputs: jobrun.JobInputs | None = None,
-              timings: dict[str, float] | None = None) -> None:
+              timings: dict[str, float] | None = None, **extra: Any) -> None:
         with self._lock:
             self.summary.failed += 1
         self._emit(_record(job, FAILED, inputs=inputs.hashes() if inputs else {},
-                           timings={k: round(v, 4) for k, v in (timings or {}).items()}, error=error_info(exc)))
+                           timings={k: round(v, 4) for k, v in (timings or {}).items()}, error=error_info(exc),
+                           **extra))
         if self.config.fail_fast:
             self._failed_fast = True
 
@@ -247,7 +250,7 @@ class BatchRunner:
                 if self._stopping():
                     break
                 if isinstance(loaded, BaseException):
-                    if not isinstance(loaded, Exception):
+                    if not isinstance(loaded, Exception) or isinstance(loaded, DiskError):  # --save-inputs full
                         raise loaded
                     self._fail(job, loaded)
                     continue
@@ -439,12 +442,17 @@ class BatchRunner:
             self._fail(item.job, exc, item.inputs, timings)
             return
         timings["write"] = time.perf_counter() - started
+        checks = jobrun.job_checks(item.job, results, written)
+        if checks and self.config.strict:  # the files stay, to look at; the job fails (exit 6 in its line)
+            self._fail(item.job, jobrun.check_failure(checks, item.job.id), item.inputs, timings, outputs=written,
+                       checks=checks)
+            return
         with self._lock:
             self.summary.seconds["writing"] += timings["write"]
             self.summary.ok += 1
             self.summary.images += len(written)
         self._emit(_record(item.job, OK, outputs=written, inputs=item.inputs.hashes(), batch=batch,
-                           timings={k: round(v, 4) for k, v in timings.items()}))
+                           timings={k: round(v, 4) for k, v in timings.items()}, checks=checks))
 
 
 def run_batch(jobs: list[Job], config: BatchConfig, **hooks: Any) -> Summary:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffrun import __version__, outputs
-from diffrun.errors import UsageError
+from diffrun.errors import DiffrunError, OutputCheckError, UsageError
 from diffrun.jobs import CALL_ARGUMENTS, PER_PROMPT, Job, images_per_seed
 from diffrun.loaders import FetchPolicy, LoadedInput, load_input
 from diffrun.loaders.redact import display_ref, redact_url
@@ -227,3 +227,30 @@ def job_from_recipe(recipe: dict) -> Job:
         else:
             job.inputs[name] = refs
     return job
+
+
+def job_checks(job: Job, results: list[Output], written: list[str]) -> list[dict[str, Any]]:
+    """Every failed output check of the job, each with the seed and written path of its output."""
+    found: list[dict[str, Any]] = []
+    position = 0
+    for seed, output in zip(job.seeds, results, strict=True):
+        checks = getattr(output, "checks", None) or []  # a server's outputs carry them the same way
+        for check in checks:
+            if check.get("ok", True):
+                continue
+            at = position + int(check.get("index", 0))
+            found.append({**check, "seed": seed, "output": written[at] if at < len(written) else None})
+        position += len(getattr(output, "videos", None) or getattr(output, "images", None) or [])
+    return found
+
+
+def check_failure(checks: list[dict[str, Any]], what: str) -> DiffrunError:
+    """The OutputCheckError (exit 6, code output_check) for `--strict` when `checks` failed."""
+    from diffrun.pipelines.checks import describe
+
+    first = describe(checks[0])
+    more = f" (and {len(checks) - 1} more)" if len(checks) > 1 else ""
+    error = OutputCheckError(f"{what}: output check failed: {first}{more}",
+                             hint="drop --strict to keep such outputs with a warning")
+    error.checks = checks
+    return error

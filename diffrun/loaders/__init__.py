@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from diffrun.errors import InputError
+from diffrun.errors import InputError, disk_error
 from diffrun.loaders import problems
 from diffrun.loaders.decode import OUTPUT_MODES, PIL_ERRORS, DecodedImage, decode_image, normalise
 from diffrun.loaders.policy import FetchPolicy
@@ -192,9 +192,9 @@ def _save(store: InputStore, data: bytes, loaded: LoadedInput, fmt: str, decoded
     try:
         return store.save(data, sha256=loaded.sha256, fmt=fmt, source_display=loaded.source,
                           final_url=loaded.final_url, width=width, height=height)
-    except OSError as e:
-        raise InputError(loaded.source, f"cannot save to {store.directory}: {e.strerror or e}",
-                         code="save_failed") from None
+    except OSError as e:  # a full disk is exit 74, as for outputs; anything else this input's failure
+        raise disk_error(f"--save-inputs {store.directory}", e) or InputError(
+            loaded.source, f"cannot save to {store.directory}: {e.strerror or e}", code="save_failed") from None
 
 
 def _from_pil(raw: RawInput, policy: FetchPolicy, mode: str, store: InputStore | None) -> LoadedInput:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from PIL import ExifTags, Image, ImageFile, ImageOps
 
-from diffrun.errors import InputError
+from diffrun.errors import InputError, OutOfMemoryError
 from diffrun.loaders import cstderr, problems
 from diffrun.loaders.budget import BUDGET, estimate
 from diffrun.loaders.convert import OUTPUT_MODES, normalise, normalised
@@ -115,6 +115,9 @@ def _load(im: ImageFile.ImageFile, fmt: str, display: str) -> tuple[str, ...]:
             im.load()
         except PIL_ERRORS as e:
             failure = e
+    if isinstance(failure, MemoryError):  # the pixels were within --max-pixels: the machine is short, not the input
+        raise OutOfMemoryError(f"{display}: out of memory decoding its {im.size[0]}x{im.size[1]} {fmt} pixels",
+                               hint="free memory, or lower --max-pixels to refuse such inputs up front") from None
     if failure is not None:
         compression = _tiff_compression(im) if fmt == "TIFF" else None
         raise problems.load_error(failure, fmt, compression, caught.lines, display) from None

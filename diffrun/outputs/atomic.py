@@ -18,7 +18,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from diffrun.errors import DiffrunError, DiskError, OutputExistsError, StdoutClosed, UsageError
+from diffrun.errors import DiffrunError, DiskError, OutputExistsError, StdoutClosed, UsageError, disk_error
 
 OVERWRITE_HINT = "pass --overwrite to replace it"
 
@@ -26,18 +26,11 @@ OVERWRITE_HINT = "pass --overwrite to replace it"
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
 
 
-_DISK_FULL = {errno.ENOSPC: "disk full", getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded"}
-_DISK_BROKEN = {errno.EIO, errno.EROFS}
-DISK_FULL_HINT = "free some space, then run the same command again (a batch resumes where it stopped)"
 
 
 def write_error(path: str | Path, exc: OSError) -> DiffrunError:
     """The error for a failed write of `path`: DiskError (exit 74) for a full or broken disk, else UsageError."""
-    if exc.errno in _DISK_FULL:
-        return DiskError(f"{_DISK_FULL[exc.errno]}: cannot write {path}", hint=DISK_FULL_HINT, code="disk_full")
-    if exc.errno in _DISK_BROKEN:
-        return DiskError(f"cannot write {path}: {exc.strerror or exc}", code="io")
-    return UsageError(f"cannot write {path}: {exc.strerror or exc}")
+    return disk_error(path, exc) or UsageError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 # Temp files (and folders) being written right now: what a hard exit on a second Ctrl-C removes

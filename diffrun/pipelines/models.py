@@ -73,3 +73,5 @@ class Output:
     input_arguments: dict[str, str] = field(default_factory=dict)
     """Input name -> the __call__ argument it fed (a ControlNet text-to-image class takes `control_image`
     as `image`), for the recipe."""
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    """Failed output checks (pipelines/checks.py), `index` counting this output's images or videos."""

@@ -70,8 +70,8 @@ def run(model: LoadedModel, requests: list[Request],
         kwargs[plan.inputs.get(name, name)] = values[0] if len(values) == 1 else values
     if "generator" in names:
         kwargs["generator"] = _generators(requests, count)
-    if "output_type" in names:
-        kwargs["output_type"] = "pil"
+    if "output_type" in names:  # floats, so NaN/Inf can be seen; made PIL in checks.py as diffusers would
+        kwargs["output_type"] = "np"
     if on_step is not None and "callback_on_step_end" in names:
         default_total = int(args.get("num_inference_steps") or 0)
 
@@ -95,10 +95,16 @@ def run(model: LoadedModel, requests: list[Request],
 
 
 def _outputs(result: Any, requests: list[Request], plan: Plan, count: int) -> list[Output]:
+    from diffrun.pipelines.checks import convert_images, convert_videos
+
     args = plan.args
     frames = getattr(result, "frames", None)
-    videos = list(frames) if frames is not None else None
-    images = list(getattr(result, "images", None) or []) if videos is None else []
+    videos: list[list[Any]] | None = None
+    if frames is not None:
+        videos, checks = convert_videos(frames)
+        images: list[Any] = []
+    else:
+        images, checks = convert_images(getattr(result, "images", None), getattr(result, "nsfw_content_detected", None))
     outputs = []
     for i, request in enumerate(requests):
         call_args = {k: _jsonable(v) for k, v in args.items()}
@@ -117,5 +123,7 @@ def _outputs(result: Any, requests: list[Request], plan: Plan, count: int) -> li
             pipeline=type(plan.pipe).__name__,
             call_args=call_args,
             input_arguments=dict(plan.inputs),
+            checks=[{**check, "index": check["index"] - part.start}
+                    for found in checks[part] for check in found],
         ))
     return outputs

@@ -142,13 +142,12 @@ def load_loras(pipe: Any, loras: list[tuple[str, float]]) -> None:
 
 
 def compile_denoiser(pipe: Any) -> None:
-    """torch.compile the UNet or transformer in place."""
-    import torch
-
+    """torch.compile the UNet or transformer in place (`Module.compile`): the module keeps its class, so
+    `from_pipe` (a task switch: pipelines/variants.py) takes it as the component it is, compiled."""
     for attr in ("unet", "transformer"):
         module = getattr(pipe, attr, None)
         if module is not None:
-            setattr(pipe, attr, torch.compile(module))
+            module.compile()
             return
     raise UsageError(f"--compile: {type(pipe).__name__} has no unet or transformer to compile")
 

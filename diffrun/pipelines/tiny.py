@@ -1,6 +1,8 @@
 """Tiny, randomly initialised diffusers pipelines built in code: for tests, demos and benchmarks.
 
-Nothing is downloaded, not even the tokenizer: its byte-level vocabulary is written here.
+Nothing is downloaded, not even the tokenizer: its byte-level vocabulary is written here. Every weight
+comes from diffrun's own seeded generator (pipelines/seeded.py), not torch's initialisation, so the
+same diffrun version builds the same weights, and the same goldens, under any torch or diffusers.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def _sd(seed: int) -> Any:
         set_alpha_to_one=False,
         steps_offset=1,
     )
+    _seed_components(seed, unet=unet, vae=vae, text_encoder=text_encoder)
     return StableDiffusionPipeline(
         unet=unet,
         scheduler=scheduler,
@@ -168,6 +171,7 @@ def _svd(seed: int) -> Any:
         timestep_type="continuous",
         use_karras_sigmas=True,
     )
+    _seed_components(seed, unet=unet, vae=vae, image_encoder=image_encoder)
     return StableVideoDiffusionPipeline(
         vae=vae,
         image_encoder=image_encoder,
@@ -175,6 +179,13 @@ def _svd(seed: int) -> Any:
         scheduler=scheduler,
         feature_extractor=CLIPImageProcessor(crop_size=32, size=32),
     )
+
+
+def _seed_components(seed: int, **components: Any) -> None:
+    from diffrun.pipelines.seeded import seed_weights
+
+    for name, module in components.items():
+        seed_weights(module, seed, name)
 
 
 _BUILDERS = {"sd": _sd, "svd": _svd}

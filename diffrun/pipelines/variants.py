@@ -144,6 +144,11 @@ def _probe_arguments(pipe: Any, size: int) -> dict[str, Any]:
     return kwargs
 
 
+def is_compiled(module: Any) -> bool:
+    """`module` was compiled in place (`Module.compile`, as --compile does) or is torch.compile's wrapper."""
+    return getattr(module, "_compiled_call_impl", None) is not None or hasattr(module, "_orig_mod")
+
+
 def dry_run(pipe: Any) -> str | None:
     """Run `pipe` for one step on a small input, stopping right after its denoiser's first call: why the
     model's weights do not fit this class (a tensor shape error on the way), or None. A failure of
@@ -154,7 +159,7 @@ def dry_run(pipe: Any) -> str | None:
     from diffrun.pipelines.sizes import size_multiple
 
     name = next((n for n in ("transformer", "unet") if isinstance(getattr(pipe, n, None), torch.nn.Module)), None)
-    if name is None or hasattr(getattr(pipe, name), "_orig_mod"):  # none, or torch.compile'd: not worth a recompile
+    if name is None or is_compiled(getattr(pipe, name)):  # none, or --compile: a probe would only cost a recompile
         return None
     if hasattr(getattr(pipe, name), "_hf_hook"):  # --offload: the probe would stream every module to the GPU
         return None

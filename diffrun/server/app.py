@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,10 +42,18 @@ class ServerState:
     started: float = field(default_factory=time.time)
     videos: dict[str, Any] = field(default_factory=dict)
     max_images: int = 1000
+    debug: bool = False
 
 
-def error_response(exc: BaseException) -> JSONResponse:
+def error_response(exc: BaseException, debug: bool = False) -> JSONResponse:
+    """The error's JSON answer; a bug (500) is also logged on stderr, with its traceback under --debug."""
     status, body = responses.error_body(exc)
+    if status == 500 and not isinstance(exc, DiffrunError):
+        import traceback
+
+        lines = traceback.format_exception(exc) if debug else [f"internal error: {type(exc).__name__}: {exc}\n"]
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write("".join(lines))
     headers = {"Retry-After": "1"} if status == 429 else None
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -55,6 +65,10 @@ def create_app(state: ServerState) -> FastAPI:
     @app.exception_handler(DiffrunError)
     async def _expected(_request: Request, exc: DiffrunError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _bug(_request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, state.debug)
 
     @app.exception_handler(404)
     async def _not_found(request: Request, _exc: Exception) -> JSONResponse:
@@ -112,9 +126,7 @@ async def _read_any(request: Request, state: ServerState) -> tuple[dict[str, Any
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
         data, images = await bodies.read_form(request, max_input_bytes=state.policy.max_bytes)
-        uploads = bodies.place_images(data, images)
-        state.metrics.add_input_bytes(sum(len(b) for blobs in uploads.values() for b in blobs))
-        return data, uploads
+        return data, bodies.place_images(data, images)
     return bodies.parse_json(await request.body()), {}
 
 
@@ -160,6 +172,9 @@ def _metrics_text(state: ServerState) -> str:
         "diffrun_queue_depth": ("Requests waiting in the queue.", s.queued),
         "diffrun_in_flight": ("Requests taken by the worker and not finished.", s.in_flight),
         "diffrun_inference_seconds_total": ("Seconds spent in pipeline calls.", round(s.inference_seconds, 6)),
+        "diffrun_requests_dropped_total": ("Requests dropped because their client went away first.", s.dropped),
+        "diffrun_input_bytes_total": ("Bytes of inputs loaded: uploads, data: URIs, fetched URLs.", s.input_bytes),
+        "diffrun_batches_total": ("Pipeline calls (micro-batches) run.", s.batches),
         "diffrun_model_loaded": ("1 once the model is loaded.", int(s.model is not None)),
         "diffrun_results_bytes": ("Bytes kept for response_format=url.", state.results.size),
     })
@@ -188,7 +203,7 @@ async def _answer(request: Request, state: ServerState, parsed: fields.Parsed) -
     except DiffrunError:
         raise
     except Exception as exc:  # the request's own failure (a bug is 500, no traceback in the body)
-        return error_response(exc)
+        return error_response(exc, state.debug)
 
 
 async def _body(state: ServerState, parsed: fields.Parsed, result: tuple) -> dict:

@@ -43,7 +43,8 @@ async def read_form(request: Any, *, max_input_bytes: int) -> tuple[dict[str, An
     from starlette.formparsers import MultiPartException
 
     try:
-        form = await request.form(max_files=64, max_fields=256, max_part_size=max_input_bytes + 4096)
+        # a text part may hold a data: URI of an input at the cap: base64 is 4/3 of the bytes
+        form = await request.form(max_files=64, max_fields=256, max_part_size=max_input_bytes * 4 // 3 + 4096)
     except MultiPartException as exc:
         raise UsageError(f"bad multipart body: {exc}", code="invalid_multipart") from None
     data: dict[str, Any] = {}

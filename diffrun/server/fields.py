@@ -182,7 +182,7 @@ def _refs_text(name: str, value: Any) -> list[str]:
 
 def parse_fields(data: dict[str, Any], *, model_ref: str, policy: FetchPolicy,
                  uploads: dict[str, list[bytes]] | None = None, edits: bool = False,
-                 max_images: int = DEFAULT_MAX_IMAGES) -> Parsed:
+                 max_images: int = DEFAULT_MAX_IMAGES, prompt_required: bool = True) -> Parsed:
     """The Job, the answer settings and the loader policy of one request; FieldError for a bad value."""
     unknown = sorted(k for k in data if k not in KNOWN)
     if unknown:
@@ -191,7 +191,7 @@ def parse_fields(data: dict[str, Any], *, model_ref: str, policy: FetchPolicy,
     answer = Answer()
     if data.get("prompt") is not None:
         job.prompt = _str("prompt", data["prompt"])
-    elif not edits:
+    elif prompt_required and not edits:
         raise FieldError("prompt", "required")
     if data.get("negative_prompt") is not None:
         job.negative_prompt = _str("negative_prompt", data["negative_prompt"])
@@ -214,6 +214,10 @@ def parse_fields(data: dict[str, Any], *, model_ref: str, policy: FetchPolicy,
         job.strength = _float("strength", data["strength"])
     if data.get("fps") is not None:
         job.fps = _int("fps", data["fps"], 1, 240)
+    if data.get("num_frames") is not None:
+        job.frames = _int("num_frames", data["num_frames"], 1, 100_000)
+    if data.get("seconds") is not None:
+        raise FieldError("seconds", "only /v1/videos takes seconds", hint="use num_frames, or POST /v1/videos")
     if data.get("params") is not None:
         params = _object("params", data["params"])
         for key in ("width", "height", "num_frames"):

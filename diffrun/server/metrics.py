@@ -16,7 +16,6 @@ class Metrics:
         self.buckets = [0] * (len(BUCKETS) + 1)
         self.latency_sum = 0.0
         self.latency_count = 0
-        self.input_bytes = 0
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -29,10 +28,6 @@ class Metrics:
                     break
             else:
                 self.buckets[-1] += 1
-
-    def add_input_bytes(self, n: int) -> None:
-        with self._lock:
-            self.input_bytes += n
 
     def render(self, gauges: dict[str, tuple[str, Any]]) -> str:
         """The text exposition: requests by route and status, latency histogram, and `gauges` (name: (help, value))."""
@@ -48,8 +43,6 @@ class Metrics:
                 lines.append(f'diffrun_request_seconds_bucket{{le="{bound}"}} {total}')
             lines.append(f"diffrun_request_seconds_sum {self.latency_sum:.6f}")
             lines.append(f"diffrun_request_seconds_count {self.latency_count}")
-            lines += ["# HELP diffrun_input_bytes_total Bytes of inputs received or fetched.",
-                      "# TYPE diffrun_input_bytes_total counter", f"diffrun_input_bytes_total {self.input_bytes}"]
         for name, (help_text, value) in gauges.items():
             kind = "counter" if name.endswith("_total") else "gauge"
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]

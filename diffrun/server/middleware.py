@@ -32,18 +32,21 @@ class Guard:
     """Wraps the app: 401 without the key (but /health), 413 for bodies over `max_body`, a log line each."""
 
     def __init__(self, app: Any, *, api_key: str | None, max_body: int, metrics: Metrics, json_log: bool = False,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, touch: Callable[[], None] | None = None) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.max_body = max_body
         self.metrics = metrics
         self.json_log = json_log
         self.log = log or _stderr
+        self.touch = touch or (lambda: None)
+        """Called at the start and end of every request (--keep-alive counts idle time from the last)."""
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        self.touch()
         start = time.perf_counter()
         request_id = secrets.token_hex(6)
         status = [0]
@@ -61,6 +64,7 @@ class Guard:
                 return
             await self.app(scope, self._capped(receive), send_logged)
         finally:
+            self.touch()
             seconds = time.perf_counter() - start
             label = route_label(scope.get("method", ""), scope.get("path", ""))
             code = status[0] or 499

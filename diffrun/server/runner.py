@@ -43,6 +43,7 @@ class ServeOptions:
     keep_results: int = 256 << 20
     save_inputs: Path | None = None
     max_images: int = 1000
+    debug: bool = False
 
 
 def is_loopback(host: str) -> bool:
@@ -94,9 +95,16 @@ def _bind(options: ServeOptions) -> tuple[socket.socket, str]:
             os.umask(old)
         return sock, f"unix:{path}"
     family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    # Made by hand, not socket.create_server: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listening socket's protocol is IPPROTO_TCP (create_server leaves it 0), and without it every answer on
+    # a kept-alive connection waits ~40 ms for the client's delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        sock = socket.create_server((options.host.strip("[]"), options.port), family=family, backlog=128)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((options.host.strip("[]"), options.port))
+        sock.listen(128)
     except OSError as exc:
+        sock.close()
         raise UsageError(f"--host {options.host} --port {options.port}: cannot listen: {exc.strerror or exc}",
                          hint="pick another --port (0: any free one)") from None
     host, port = sock.getsockname()[:2]
@@ -134,10 +142,11 @@ def serve(runtime: ModelOptions, policy: FetchPolicy, options: ServeOptions) -> 
                           save_dir=options.save_inputs)
     state = ServerState(scheduler=scheduler, policy=policy, model_ref=runtime.model,
                         results=ResultStore(options.keep_results), uds=options.uds is not None,
-                        keep_alive=options.keep_alive, max_images=options.max_images)
+                        keep_alive=options.keep_alive, max_images=options.max_images,
+                        debug=options.debug)
     max_body = 4 * policy.max_bytes + (1 << 20)  # a few inputs as base64 or uploads, and the fields
     app = Guard(create_app(state), api_key=options.api_key, max_body=max_body, metrics=state.metrics,
-                json_log=options.json_log)
+                json_log=options.json_log, touch=scheduler.touch)
     sock, url = _bind(options)
     state.base_url = url if url.startswith("http") else ""
     config = uvicorn.Config(app, log_level="error", access_log=False, lifespan="off", server_header=False,

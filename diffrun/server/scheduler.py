@@ -19,8 +19,8 @@ from diffrun.jobs import Job
 from diffrun.loaders.policy import FetchPolicy
 
 
-class Cancelled(BaseException):
-    """Raised from a step callback to stop a micro-batch whose every client has gone (passes `except Exception`)."""
+class Cancelled(Exception):
+    """Raised from a step callback to stop a micro-batch whose every client has gone (pipelines.run re-raises it)."""
 
 
 @dataclass
@@ -66,6 +66,11 @@ class Scheduler:
         self.served = 0
         self.last_activity = time.monotonic()
         self.inference_seconds = 0.0
+        self.dropped = 0
+        """Requests whose client went away before they started (never run)."""
+        self.batches = 0
+        self.input_bytes = 0
+        """Bytes of every input loaded: uploads, data: URIs and fetched URLs."""
         self._on_progress = on_progress
         self._queue: collections.deque[Work] = collections.deque()
         self._cond = threading.Condition()
@@ -84,10 +89,15 @@ class Scheduler:
 
         try:
             self.model = pipelines.load_model(self.runtime, on_progress=progress)
+            self.last_activity = time.monotonic()  # --keep-alive counts from ready
         except BaseException as exc:  # reported by the runner, which exits 4 (or 70 for a bug)
             self.load_error = exc
         finally:
             self.loaded.set()
+
+    def touch(self) -> None:
+        """A request arrived or ended: --keep-alive's idle time starts again."""
+        self.last_activity = time.monotonic()
 
     @property
     def queued(self) -> int:
@@ -112,15 +122,19 @@ class Scheduler:
                 raise QueueFullError(f"the queue is full ({self.max_queue} requests)", hint="retry later")
             self._queue.append(work)
             self.last_activity = time.monotonic()
+            work.emit({"event": "queued", "position": len(self._queue) - 1})  # before its inputs start loading
             work.inputs = self._pool.submit(self._load_inputs, work)
-            work.emit({"event": "queued", "position": len(self._queue) - 1})
+            work.inputs.add_done_callback(self._notify)
             self._cond.notify_all()
 
     def _load_inputs(self, work: Work) -> jobrun.JobInputs:
         if work.cancelled.is_set():
             raise Cancelled
         work.emit({"event": "status", "text": "loading inputs"})
-        return jobrun.load_job_inputs(work.job, work.policy, self.save_dir)
+        inputs = jobrun.load_job_inputs(work.job, work.policy, self.save_dir)
+        with self._cond:
+            self.input_bytes += sum(len(item.data) for items in inputs.images.values() for item in items)
+        return inputs
 
     def drain(self, timeout: float) -> None:
         """Stop taking requests; what is queued runs for up to `timeout` seconds, the rest answers 503."""
@@ -157,15 +171,26 @@ class Scheduler:
                 return
             self._run(batch)
 
+    def _ready(self) -> Work | None:
+        """The earliest queued request whose inputs have loaded (or failed); caller holds the lock."""
+        return next((w for w in self._queue if w.inputs is not None and w.inputs.done()), None)
+
     def _take(self) -> Work | None:
+        """The next request to run: the earliest whose inputs are loaded, so one slow URL holds back
+        nobody behind it (as batch's prefetch hands out jobs in the order they finish loading)."""
         with self._cond:
-            while not self._queue and not self.stopped:
-                self._cond.wait()
-            if self.stopped:
-                return None
-            work = self._queue.popleft()
-            self.in_flight += 1
-            return work
+            while not self.stopped:
+                work = self._ready()
+                if work is not None:
+                    self._queue.remove(work)
+                    self.in_flight += 1
+                    return work
+                self._cond.wait(0.5)
+            return None
+
+    def _notify(self, _future: Future) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def _next_batch(self) -> list[tuple[Work, Any, Any]] | None:
         """The next request and the queued ones right behind it that fit in its micro-batch."""
@@ -181,20 +206,20 @@ class Scheduler:
         key = pipelines.batch_key(prepared[2][0])
         while len(batch) < self.max_batch and len(prepared[2]) == 1:
             with self._cond:
-                if not self._queue:
+                nxt = self._ready()  # a request still loading its inputs is not waited for
+                if nxt is None or nxt.kind != work.kind:
                     break
-                nxt = self._queue[0]
-                if nxt.inputs is None or not nxt.inputs.done() or nxt.kind != work.kind:
-                    break  # consecutive only: a request still loading its inputs is not waited for
-                self._queue.popleft()
+                self._queue.remove(nxt)
                 self.in_flight += 1
             candidate = self._prepare(nxt)
             if candidate is None:
                 self._finished(nxt)
                 continue
             if len(candidate[2]) != 1 or pipelines.batch_key(candidate[2][0]) != key:
-                self._run([candidate])  # its own run, right now: order is kept
-                continue
+                with self._cond:  # not this batch's kind: back to the head of the queue, it runs next
+                    self._queue.appendleft(nxt)
+                    self.in_flight -= 1
+                break
             batch.append(candidate)
         return batch
 
@@ -202,6 +227,7 @@ class Scheduler:
         """Its inputs and pipeline requests, checked against the model; None when it failed or was cancelled."""
         assert self.model is not None and work.inputs is not None
         if work.cancelled.is_set():  # the client went away before it started
+            self.dropped += 1
             _fail(work, Cancelled())
             return None
         try:
@@ -237,6 +263,7 @@ class Scheduler:
                 w.emit({"event": "step", "step": step, "total": total})
 
         start = time.perf_counter()
+        self.batches += 1
         try:
             if len(requests) == 1 or len(batch) > 1:
                 outputs = pipelines.run(self.model, requests, on_step=on_step)

@@ -6,14 +6,15 @@ import inspect
 import io
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from diffrun.errors import UnavailableError
+from diffrun.errors import UnavailableError, UsageError
 from diffrun.server import fields, responses
-from diffrun.server.results import VideoJob, new_id
+from diffrun.server.results import ResultStore, VideoJob, new_id
 from diffrun.server.scheduler import Work
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 MAX_VIDEOS = 256
 """Video jobs remembered at once (finished ones dropped oldest first beyond it)."""
 DEFAULT_SECONDS = "4"
+_ENCODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffrun-serve-video")
 
 
 def pipeline_fps(model: Any) -> int:
@@ -51,7 +53,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         data, uploads = await _read_any(request, state)
         seconds = data.pop("seconds", None)
         parsed = fields.parse_fields(data, model_ref=state.model_ref, policy=state.policy, uploads=uploads,
-                                     max_images=state.max_images)
+                                     max_images=state.max_images, prompt_required=False)
         model = state.scheduler.model
         if model is None:
             raise UnavailableError("the model is still loading", hint="wait for /health to answer 200")
@@ -67,7 +69,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         with lock:
             state.videos[job.id] = job
             _forget_old(state.videos)
-        work.future.add_done_callback(lambda future: _finish(job, parsed, future))
+        # encoding runs off the worker thread (which sets the future): the GPU goes on to the next request
+        work.future.add_done_callback(lambda future: _ENCODER.submit(_finish, job, parsed, future, state.results))
         return JSONResponse(job.to_json())
 
     @app.get("/v1/videos")
@@ -86,11 +89,14 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         job = state.videos.get(video_id)
         if job is None:
             return missing(video_id)
-        data = getattr(job, "content", None)
-        if job.status != "completed" or data is None:
+        if job.status != "completed":
             return JSONResponse(responses.simple_error(
                 409, f"video {video_id[:80]} is {job.status}, not completed", "not_ready"), status_code=409)
-        return Response(data, media_type="video/mp4")
+        found = state.results.get(video_id)
+        if found is None:
+            return JSONResponse(responses.simple_error(404, f"video {video_id[:80]}: its content has expired "
+                                                            "(--keep-results)", "not_found"), status_code=404)
+        return Response(found[0], media_type=found[1])
 
     @app.delete("/v1/videos/{video_id}")
     async def delete(video_id: str) -> Response:
@@ -98,6 +104,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             job = state.videos.pop(video_id, None)
         if job is None:
             return missing(video_id)
+        state.results.delete(video_id)
         return JSONResponse({"id": video_id, "object": "video", "deleted": True})
 
 
@@ -109,7 +116,7 @@ def _progress(job: VideoJob, event: dict) -> None:
         job.progress = min(99, int(100 * event["step"] / event["total"]))
 
 
-def _finish(job: VideoJob, parsed: fields.Parsed, future: Any) -> None:
+def _finish(job: VideoJob, parsed: fields.Parsed, future: Any, results: ResultStore) -> None:
     """Encode the finished video (MP4, the recipe in its metadata), or record why it failed."""
     exc = future.exception()
     if exc is None:
@@ -122,7 +129,8 @@ def _finish(job: VideoJob, parsed: fields.Parsed, future: Any) -> None:
             recipe = job_recipe(parsed.job, model, inputs, output, parsed.job.seeds[0], 0)
             buffer = io.BytesIO()
             write_video(output.videos[0], "-", recipe, fps=parsed.job.fps or 8, stdout=buffer)
-            job.content = buffer.getvalue()  # type: ignore[attr-defined]
+            if not results.put(job.id, buffer.getvalue(), "video/mp4"):
+                raise UsageError(f"the video ({buffer.tell()} bytes) is larger than --keep-results", code="too_large")
             job.diffrun = {"seed": parsed.job.seeds[0], "task": output.task, "pipeline": output.pipeline,
                            "timings": timings, "fps": parsed.job.fps, "frames": len(output.videos[0])}
             job.status, job.progress, job.completed_at = "completed", 100, int(time.time())

@@ -137,21 +137,6 @@ class StdoutClosed(DiffrunError):
     category = code = "stdout_closed"
 
 
-_DISK_FULL = {errno.ENOSPC: "disk full", getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded"}
-_DISK_BROKEN = {errno.EIO, errno.EROFS}
-DISK_FULL_HINT = "free some space, then run the same command again (a batch resumes where it stopped)"
-
-
-def disk_error(path: object, exc: OSError) -> DiskError | None:
-    """The DiskError (exit 74) for a write of `path` that failed because the disk is full or broken;
-    None for any other failure (a permission, a missing folder: the caller's own error)."""
-    if exc.errno in _DISK_FULL:
-        return DiskError(f"{_DISK_FULL[exc.errno]}: cannot write {path}", hint=DISK_FULL_HINT, code="disk_full")
-    if exc.errno in _DISK_BROKEN:
-        return DiskError(f"cannot write {path}: {exc.strerror or exc}", code="io")
-    return None
-
-
 class QueueFullError(DiffrunError):
     """`diffrun serve`: the request queue is full (HTTP 429 with Retry-After)."""
 
@@ -195,3 +180,18 @@ def http_status(exc: BaseException) -> int:
         if isinstance(exc, cls):
             return status
     return 500
+
+
+_DISK_FULL = {errno.ENOSPC: "disk full", getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded"}
+_DISK_BROKEN = {errno.EIO, errno.EROFS}
+DISK_FULL_HINT = "free some space, then run the same command again (a batch resumes where it stopped)"
+
+
+def disk_error(path: object, exc: OSError) -> DiskError | None:
+    """The DiskError (exit 74) for a write of `path` that failed because the disk is full or broken;
+    None for any other failure (a permission, a missing folder: the caller's own error)."""
+    if exc.errno in _DISK_FULL:
+        return DiskError(f"{_DISK_FULL[exc.errno]}: cannot write {path}", hint=DISK_FULL_HINT, code="disk_full")
+    if exc.errno in _DISK_BROKEN:
+        return DiskError(f"cannot write {path}: {exc.strerror or exc}", code="io")
+    return None

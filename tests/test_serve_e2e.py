@@ -185,6 +185,28 @@ def test_queue_full_then_micro_batch_keeps_each_seed(served):
     assert np.abs(a - b).max() <= 2 and np.abs(a - other).max() > 10
 
 
+def test_a_batch_size_hint_keeps_compatible_requests_apart(served):
+    """A `batch_size` hint (what `batch --server --batch-size N` sends) caps the micro-batch a request
+    runs in below --max-batch: two compatible queued requests that would share a call run one by one."""
+    results: list = []
+    first = _slow(served, results, "slow", steps=20)
+    _wait_running(served)
+    body = {"prompt": "hinted", "size": "64x64", "batch_size": 1, **STEPS}
+    queued = [threading.Thread(target=lambda s=s: results.append(
+        (s, served.post("/v1/images/generations", json={**body, "seed": s})))) for s in (21, 22)]
+    for thread in queued:
+        thread.start()
+    until = time.monotonic() + 30
+    while served.get("/health").json()["queued"] < 2 and time.monotonic() < until:
+        time.sleep(0.02)
+    for thread in (first, *queued):
+        thread.join(120)
+    answers = dict(results)
+    assert [answers[s].json()["data"][0]["diffrun"]["batch"] for s in (21, 22)] == [1, 1]
+    bad = served.post("/v1/images/generations", json={**body, "batch_size": 0})
+    assert bad.status_code == 400 and _error(bad)["param"] == "batch_size"
+
+
 def test_client_gone_before_start_is_dropped(served):
     results: list = []
     first = _slow(served, results, "slow")

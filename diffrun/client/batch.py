@@ -94,6 +94,8 @@ class RemoteBatchRunner(BatchRunner):
             results = []
             for seed in job.seeds:
                 route, body = request(job, seed, prepared, config.policy)
+                if config.batch_size > 1:  # the micro-batch hint; 1 (the default) leaves it to the server
+                    body["batch_size"] = config.batch_size
                 results.append(parse_items(post(self.server, route, body, on_event), images_per_seed(job),
                                            self.server))
         except ServerUnavailable:

@@ -185,7 +185,8 @@ async def _answer(request: Request, state: ServerState, parsed: fields.Parsed) -
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[dict | None] = asyncio.Queue()
     stream = NDJSON in request.headers.get("accept", "")
-    work = Work(job=parsed.job, policy=parsed.policy, id=new_id("req"), allow_video=parsed.answer.raw)
+    work = Work(job=parsed.job, policy=parsed.policy, id=new_id("req"), allow_video=parsed.answer.raw,
+                batch_size=parsed.answer.batch_size)
     if stream:
         work.on_event = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
     state.scheduler.submit(work)  # 429 / 503 as plain statuses, streaming or not

@@ -22,7 +22,7 @@ MAX_N = 10
 KNOWN = {"prompt", "n", "size", "response_format", "output_format", "output_compression", "background",
          "model", "user", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "strength",
          "params", "inputs", "image", "images", "image[]", "mask", "url", "input_options", "raw", "quality",
-         "style", "moderation", "seconds", "fps", "input_reference", "num_frames"}
+         "style", "moderation", "seconds", "fps", "input_reference", "num_frames", "batch_size"}
 FIELD_NAMES = {"seeds": "seed", "steps": "num_inference_steps", "guidance": "guidance_scale",
                "strength": "strength", "width": "size", "height": "size", "num_images": "n",
                "params": "params", "inputs": "inputs", "frames": "seconds", "fps": "fps"}
@@ -48,6 +48,9 @@ class Answer:
     background: str = "auto"
     raw: bool = False
     size: str = "auto"
+    batch_size: int | None = None
+    """The client's micro-batch hint (`batch --server --batch-size N`): at most N requests in the call
+    this one runs in (the server's --max-batch still caps it)."""
 
 
 @dataclass
@@ -288,3 +291,5 @@ def _answer(data: dict[str, Any], answer: Answer) -> None:
         if not isinstance(raw, bool):
             raise FieldError("raw", "expected true or false")
         answer.raw = raw
+    if data.get("batch_size") is not None:
+        answer.batch_size = _int("batch_size", data["batch_size"], 1, 1024)

@@ -40,6 +40,8 @@ class Work:
     queued_at: float = field(default_factory=time.perf_counter)
     inputs: Future | None = None
     started: bool = False
+    batch_size: int | None = None
+    """The client's hint: at most this many requests in the micro-batch this one runs in."""
 
     def emit(self, event: dict) -> None:
         if self.on_event is not None:
@@ -204,7 +206,8 @@ class Scheduler:
             self._finished(work)
         batch = [prepared]
         key = pipelines.batch_key(prepared[2][0])
-        while len(batch) < self.max_batch and len(prepared[2]) == 1:
+        limit = min(self.max_batch, work.batch_size or self.max_batch)
+        while len(batch) < limit and len(prepared[2]) == 1:
             with self._cond:
                 nxt = self._ready()  # a request still loading its inputs is not waited for
                 if nxt is None or nxt.kind != work.kind:
@@ -215,12 +218,14 @@ class Scheduler:
             if candidate is None:
                 self._finished(nxt)
                 continue
-            if len(candidate[2]) != 1 or pipelines.batch_key(candidate[2][0]) != key:
+            hint = nxt.batch_size or self.max_batch
+            if len(candidate[2]) != 1 or pipelines.batch_key(candidate[2][0]) != key or len(batch) >= hint:
                 with self._cond:  # not this batch's kind: back to the head of the queue, it runs next
                     self._queue.appendleft(nxt)
                     self.in_flight -= 1
                 break
             batch.append(candidate)
+            limit = min(limit, hint)
         return batch
 
     def _prepare(self, work: Work) -> tuple[Work, Any, Any] | None:

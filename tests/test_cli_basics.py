@@ -29,6 +29,20 @@ def test_start_imports_nothing_heavy(argv: list[str]) -> None:
     assert last.startswith("[] "), proc.stderr
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["serve", "--help"], ["compare", "--help"]])
+def test_help_imports_no_numpy_server_or_http_stack(argv: list[str]) -> None:
+    """Every command module is imported to build the app: what they import at the top is paid by every
+    one-liner, a --warm one included (numpy alone was a tenth of a second)."""
+    later = ("numpy", "fastapi", "uvicorn", "starlette", "requests", "urllib3", *HEAVY)
+    code = (
+        "import sys\nfrom diffrun.cli.app import main\n"
+        f"code = main({argv!r})\n"
+        f"print(repr([m for m in {later!r} if m in sys.modules]), code, file=sys.stderr)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stderr.strip().splitlines()[-1] == "[] 0", proc.stderr
+
+
 def test_version_and_help_exit_zero() -> None:
     proc = diffrun("--version")
     assert proc.returncode == 0 and proc.stdout.decode().startswith("diffrun ")

@@ -35,7 +35,6 @@ from diffrun.errors import Exit, Interrupted, UsageError
 from diffrun.jobs import DEFAULT_MAX_IMAGES, Job
 from diffrun.loaders.policy import FetchPolicy
 from diffrun.outputs.names import template_fields
-from diffrun.pipelines.checks import describe
 from diffrun.pipelines.models import ModelOptions
 
 BATCH = "Batch"
@@ -231,7 +230,7 @@ def batch(
             elif record["status"] == "ok":
                 for check in record.get("checks") or []:
                     bar.console.print(f"[yellow]warning:[/yellow] {escape(clean(record['id']))}: output check "
-                                      f"failed: {escape(clean(describe(check)))}", markup=True, highlight=False)
+                                      f"failed: {escape(clean(ch.describe(check)))}", markup=True, highlight=False)
 
         hooks = {"should_stop": lambda: stop.requested or stdout_closed, "on_result": on_result,
                  "on_status": lambda text: bar.update(task, status=text)}

@@ -10,7 +10,7 @@ import typer
 from diffrun.cli import console
 from diffrun.cli.options import FLAG
 from diffrun.errors import UsageError
-from diffrun.outputs.compare import DEFAULT_PSNR, Tolerance
+from diffrun.outputs.tolerance import DEFAULT_PSNR, Tolerance
 
 CHECKS = "Output checks"
 
@@ -36,10 +36,15 @@ def tolerance_from(min_psnr: float | None, max_diff: int | None) -> Tolerance:
     return Tolerance(min_psnr=DEFAULT_PSNR if min_psnr is None else min_psnr, max_diff=max_diff)
 
 
+def describe(check: dict[str, Any]) -> str:
+    """A failed check in words (pipelines/checks.py, imported when a check has failed: it needs numpy)."""
+    from diffrun.pipelines.checks import describe as in_words
+
+    return in_words(check)
+
+
 def warn_checks(checks: list[dict[str, Any]], what: str) -> None:
     """One warning line per failed check on stderr (shown even with -q: a warning is not a log line)."""
-    from diffrun.pipelines.checks import describe
-
     for check in checks:
         where = check.get("output") or what
         console.warn(f"{where}: output check failed: {describe(check)}")

@@ -7,14 +7,16 @@ on one side), 2 for usage errors, 3 when an image cannot be loaded. The report g
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from diffrun.cli import console, options
 from diffrun.cli.checks import MaxDiff, TolerancePsnr, tolerance_from
 from diffrun.errors import Exit, UsageError
-from diffrun.outputs.compare import Comparison
+
+if TYPE_CHECKING:
+    from diffrun.outputs.compare import Comparison
 
 
 def _log_outputs(path: Path) -> dict[str, list[str]]:

@@ -16,22 +16,10 @@ from typing import Any
 import numpy as np
 
 from diffrun.errors import InputError, UsageError
+from diffrun.outputs.tolerance import Tolerance
 
-DEFAULT_PSNR = 40.0
-"""The default minimum PSNR (dB) for two images to count as the same."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _MAX_PIXELS = 100_000_000
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Pass when PSNR >= min_psnr, or (when max_diff is set instead) when every level differs by <= max_diff."""
-
-    min_psnr: float = DEFAULT_PSNR
-    max_diff: int | None = None
-
-    def describe(self) -> str:
-        return f"max diff {self.max_diff}" if self.max_diff is not None else f"PSNR >= {self.min_psnr:g} dB"
 
 
 @dataclass

@@ -80,3 +80,23 @@ def test_batch_strict_fails_jobs_and_junit_reports_them(black_sd: Path, tmp_path
     assert {c.find("failure").get("type") for c in cases.values()} == {"output_check"}
     assert root.find("testsuite").get("failures") == "2"
     assert "check blank" in cases["one"].find("failure").text
+
+
+def test_checks_run_on_the_server_and_fail_a_strict_client(black_sd: Path, tmp_path: Path) -> None:
+    """Under --server the checks run where the pixels are made and travel back with the result: the
+    client warns by default and with --strict exits 6, as a local run does."""
+    from serving import Served
+
+    served = Served(black_sd).wait_ready()
+    try:
+        args = ("generate", "--server", served.url, "--device", "cpu", "--steps", "2", "-W", "32", "-H", "32",
+                "-p", "x", "-s", "1")
+        warned = diffrun(*args, "-o", str(tmp_path / "w.png"), "--json")
+        assert warned.returncode == 0, warned.stderr.decode()[-1500:]
+        assert [c["check"] for c in json.loads(warned.stdout)["checks"]] == ["blank"]
+        assert b"output check failed: blank" in warned.stderr
+        strict = diffrun(*args, "-o", str(tmp_path / "s.png"), "--strict")
+        assert strict.returncode == 6, strict.stderr.decode()[-1500:]
+        assert b"blank" in strict.stderr
+    finally:
+        served.stop()

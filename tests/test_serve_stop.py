@@ -97,3 +97,22 @@ def test_help_and_generate_never_import_fastapi():
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'multipart') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, env=cli_env(), timeout=60)
     assert out.stdout.decode().strip().splitlines()[-1] == "[]", out.stderr.decode()
+
+
+def test_keep_alive_exits_when_idle_and_probes_are_not_activity(tiny_sd):
+    """--keep-alive: the server exits 0 by itself after that long without work. /health polls (diffrun ps,
+    the --warm client's readiness checks) look at it without using it: they must not keep it alive."""
+    served = Served(tiny_sd, "--keep-alive", "3").wait_ready()
+    try:
+        idle = []
+        until = time.monotonic() + 60
+        while served.proc.poll() is None and time.monotonic() < until:
+            try:
+                idle.append(served.get("/health", timeout=5).json()["idle_seconds"])
+            except requests.ConnectionError:  # it has just closed its socket
+                break
+            time.sleep(0.3)
+        assert served.proc.wait(30) == 0, served.stderr()
+        assert idle and max(idle) > 1.0, idle  # the polls did not reset the idle time
+    finally:
+        served.stop()

@@ -28,6 +28,10 @@ def route_label(method: str, path: str) -> str:
     return f"{method} {path}"
 
 
+PROBES = ("/health", "/metrics")
+"""Routes that look at the server without using it: not activity for --keep-alive."""
+
+
 class Guard:
     """Wraps the app: 401 without the key (but /health), 413 for bodies over `max_body`, a log line each."""
 
@@ -40,13 +44,16 @@ class Guard:
         self.json_log = json_log
         self.log = log or _stderr
         self.touch = touch or (lambda: None)
-        """Called at the start and end of every request (--keep-alive counts idle time from the last)."""
+        """Called at the start and end of every request but a probe's (--keep-alive counts idle time from the
+        last): `diffrun ps`, the --warm client's readiness polls and a scraper of /metrics keep no server alive."""
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        self.touch()
+        probe = scope.get("path") in PROBES
+        if not probe:
+            self.touch()
         start = time.perf_counter()
         request_id = secrets.token_hex(6)
         status = [0]
@@ -64,7 +71,8 @@ class Guard:
                 return
             await self.app(scope, self._capped(receive), send_logged)
         finally:
-            self.touch()
+            if not probe:
+                self.touch()
             seconds = time.perf_counter() - start
             label = route_label(scope.get("method", ""), scope.get("path", ""))
             code = status[0] or 499

@@ -108,6 +108,8 @@ def test_warm_and_server_equal_a_cold_run(tiny_sd: Path, env: dict, tcp: str, tm
         assert proc.returncode == 0, err.decode()
     servers = _servers(env)
     assert len(servers) == 1 and servers[0]["status"] == "ready"
+    command = Path(f"/proc/{servers[0]['pid']}/cmdline").read_bytes().split(b"\0")
+    assert command[1:4] == [b"-m", b"diffrun", b"serve"], command  # what `pgrep -af 'diffrun serve'` finds
     unix = f"unix:{servers[0]['socket']}"
     for name, args in cases.items():
         cold = tmp_path / f"{name}-cold.png"

@@ -47,16 +47,16 @@ put(pidfile, str(proc.pid))
 put(exitfile, str(proc.wait()))
 """
 
-_SERVE = f"import sys; sys.path.insert(0, {str(Path(diffrun.__file__).resolve().parents[1])!r}); " \
-         "from diffrun.cli.app import entry; entry()"
-"""The server runs this very diffrun (not whichever one its folder or PATH would find)."""
+_HOME = str(Path(diffrun.__file__).resolve().parents[1])
+"""The folder this diffrun is imported from: first on the server's PYTHONPATH, so it runs this very diffrun
+(not whichever one PATH would find), as `python -m diffrun serve ...`, which `pgrep -af 'diffrun serve'` finds."""
 
 Say = Callable[[str], None]
 
 
 def serve_command(runtime: Any, paths: registry.Paths, keep_alive: float) -> list[str]:
     """`diffrun serve ...` for this runtime on the key's socket."""
-    command = [sys.executable, "-c", _SERVE, "serve", "-m", runtime.model, "--uds", str(paths.socket),
+    command = [sys.executable, "-m", "diffrun", "serve", "-m", runtime.model, "--uds", str(paths.socket),
                "--ready-file", str(paths.ready), "--keep-alive", f"{keep_alive:g}", "--allow-private",
                "--device", runtime.device, "--dtype", runtime.dtype, "--offload", runtime.offload, *SPAWN_LIMITS]
     for flag, value in (("--revision", runtime.revision), ("--variant", runtime.variant),
@@ -77,6 +77,7 @@ def _spawn(runtime: Any, paths: registry.Paths, keep_alive: float) -> registry.R
     paths.clean()
     env = {key: value for key, value in os.environ.items() if not key.startswith("DIFFRUN_")}
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_HOME, env.get("PYTHONPATH")) if p)
     fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         launcher = subprocess.Popen(

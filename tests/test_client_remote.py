@@ -152,6 +152,10 @@ def test_unreachable_server_is_exit_69(env: dict, tmp_path: Path) -> None:
         result = diffrun("generate", "--server", url, "-p", "x", "-o", str(tmp_path / "x.png"), env=env)
         assert result.returncode == 69, result.stderr.decode()
         assert result.stderr.decode().startswith("error: server ")
+    # a missing local input is that input's failure (exit 3), found before the server is looked for
+    missing = diffrun("generate", "--server", "http://127.0.0.1:9", "-p", "x", "-i", str(tmp_path / "nope.jpg"),
+                      "-o", str(tmp_path / "y.png"), env=env)
+    assert missing.returncode == 3 and b"nope.jpg" in missing.stderr, missing.stderr.decode()
 
 
 def test_the_client_never_imports_torch(env: dict, tcp: str, tmp_path: Path) -> None:

@@ -168,13 +168,13 @@ def recipe_for(item: Item, job: Job, prepared: Prepared) -> dict[str, Any]:
     return recipe
 
 
-def run_job(job: Job, server: Server, policy: FetchPolicy, *, model: str, save_inputs: Path | None,
+def run_job(job: Job, server: Server, policy: FetchPolicy, prepared: Prepared, *, model: str,
             overwrite: bool, quality: int | None, sidecar: bool, bar: Any, task_id: Any,
             check: Callable[[], None]) -> dict[str, Any]:
-    """Send every seed of `job`, then write its outputs; the summary `generate --json` prints."""
+    """Send every seed of `job` (its inputs `prepared` already), then write its outputs; the summary
+    `generate --json` prints."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    prepared = prepare_inputs(job, policy, save_inputs)
     timings["inputs"] = prepared.seconds
     check()
     if job.output not in (None, "-"):  # refuse to overwrite before any work (the kind is a guess here)

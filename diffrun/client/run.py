@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from diffrun.client import RemoteOptions
-from diffrun.client.job import run_job
+from diffrun.client.job import prepare_inputs, run_job
 from diffrun.client.remote import wait_ready
 from diffrun.client.transport import Server, connect
 from diffrun.errors import UsageError
@@ -36,6 +36,8 @@ def run_generate(job: Job, runtime: Any, policy: FetchPolicy, remote: RemoteOpti
                  save_inputs: Path | None, overwrite: bool, quality: int | None, sidecar: bool, bar: Any,
                  say, check) -> dict[str, Any]:
     """generate's job on a server: the same files and summary as a local run."""
+    prepared = prepare_inputs(job, policy, save_inputs)  # first, as a local run: a bad input is exit 3 at once
+    check()
     task_id = bar.add_task("connecting", total=None)
     start = time.perf_counter()
     server, body = ready_server(remote, runtime, bar=bar, task_id=task_id, say=say, check=check)
@@ -46,10 +48,10 @@ def run_generate(job: Job, runtime: Any, policy: FetchPolicy, remote: RemoteOpti
             raise UsageError(f"--server {server.shown} serves {served}, not {runtime.model}",
                              hint="leave out -m with --server, or point --server at a server for this model")
         model = served or (runtime.model if runtime is not None else "model")
-        summary = run_job(job, server, policy, model=model, save_inputs=save_inputs, overwrite=overwrite,
+        summary = run_job(job, server, policy, prepared, model=model, overwrite=overwrite,
                           quality=quality, sidecar=sidecar, bar=bar, task_id=task_id, check=check)
         summary["timings"]["model_load"] = round(waited, 4)  # waiting for the server to be ready
-        summary["timings"]["total"] = round(summary["timings"]["total"] + waited, 4)
+        summary["timings"]["total"] = round(summary["timings"]["total"] + waited + prepared.seconds, 4)
         return summary
     finally:
         server.close()

@@ -76,3 +76,19 @@ def test_records_written_by_strangers_are_ignored(tmp_path: Path) -> None:
 def test_server_addresses(url: str) -> None:
     with pytest.raises(UsageError):
         connect(url)
+
+
+def test_a_server_error_is_never_exit_0_and_a_401_says_how_to_pass_the_key() -> None:
+    """The exit code in an error body maps back (a bad input on the server is exit 3), but a hostile or
+    broken server cannot make a failure exit 0; a 401 tells the user about --api-key."""
+    from diffrun.client.remote import error_from
+    from diffrun.errors import Exit
+
+    server = connect("http://127.0.0.1:9", None)
+    bad_input = error_from(400, {"error": {"message": "x.png: not found", "code": "not_found", "exit": 3}}, server)
+    assert bad_input.exit == Exit.INPUT and bad_input.code == "not_found"
+    for claimed in (0, False, "0", 999):
+        error = error_from(400, {"error": {"message": "fine, really", "code": "c", "exit": claimed}}, server)
+        assert error.exit != 0, claimed
+    refused = error_from(401, {"error": {"message": "missing or wrong API key", "exit": 2}}, server)
+    assert refused.exit == Exit.USAGE and "--api-key" in (refused.hint or "")

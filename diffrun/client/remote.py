@@ -16,7 +16,8 @@ HEALTH_TIMEOUT = 10.0
 """Seconds one /health call may take before the server counts as not answering."""
 MAX_LINE = 1 << 31
 """Largest NDJSON line accepted from a server (a response with its images, base64)."""
-_EXITS = {int(code) for code in Exit}
+_EXITS = {int(code) for code in Exit} - {int(Exit.OK)}
+"""Exit codes a server's error may carry: an error is never exit 0, whatever a server says."""
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -92,6 +93,8 @@ def error_from(status: int, body: Any, server: Server) -> DiffrunError:
             exit_code = _exit_for(status)
         code = error.get("code") if isinstance(error.get("code"), str) else "server_error"
         hint = error.get("hint") if isinstance(error.get("hint"), str) else None
+        if status == 401:
+            hint = "pass the server's key with --api-key KEY or DIFFRUN_API_KEY"
         return RemoteError(error["message"].split("\n")[0], exit=exit_code, code=code[:64], hint=hint)
     if status in (429, 502, 503, 504):
         return ServerUnavailable(f"server {server.shown}: busy or stopping (HTTP {status})",

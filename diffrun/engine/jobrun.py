@@ -245,12 +245,14 @@ def job_checks(job: Job, results: list[Output], written: list[str]) -> list[dict
 
 
 def check_failure(checks: list[dict[str, Any]], what: str) -> DiffrunError:
-    """The OutputCheckError (exit 6, code output_check) for `--strict` when `checks` failed."""
+    """The OutputCheckError (exit 6, code output_check) for `--strict` when `checks` failed, naming the
+    output file that failed (else `what`)."""
     from diffrun.pipelines.checks import describe
 
     first = describe(checks[0])
     more = f" (and {len(checks) - 1} more)" if len(checks) > 1 else ""
-    error = OutputCheckError(f"{what}: output check failed: {first}{more}",
-                             hint="drop --strict to keep such outputs with a warning")
+    where = checks[0].get("output") if isinstance(checks[0].get("output"), str) else what
+    error = OutputCheckError(f"{where}: output check failed: {first}{more}",
+                             hint="the file is written, to look at; without --strict this is a warning")
     error.checks = checks
     return error

@@ -58,6 +58,8 @@ def test_expect_outside_the_tolerance_exits_6(tiny_sd: Path, tmp_path: Path) -> 
     again = diffrun("generate", "-m", str(tiny_sd), *FAST, "-p", "fox", "-s", "1", "-o", str(tmp_path / "o2.png"),
                     "--expect", str(tmp_path / "o.png"), "--tolerance", "45")
     assert again.returncode == 0, again.stderr.decode()[-1500:]
+    missing = diffrun("generate", "-m", str(tiny_sd), *FAST, "-p", "fox", "--expect", str(tmp_path / "none.png"))
+    assert missing.returncode == 3 and b"error: --expect " in missing.stderr, missing.stderr.decode()[-1500:]
     assert b"matches" in again.stderr and b"PSNR inf dB" in again.stderr
     missing = diffrun("generate", "-m", str(tiny_sd), *FAST, "-p", "fox", "--expect", str(tmp_path / "nope.png"))
     assert missing.returncode == 3 and b"nope.png" in missing.stderr and b"loading model" not in missing.stderr

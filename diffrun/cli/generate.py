@@ -19,7 +19,7 @@ from diffrun.cli import server_options as so
 from diffrun.cli.groups import takes
 from diffrun.cli.options import OUTPUT, SAMPLING
 from diffrun.client import RemoteOptions
-from diffrun.errors import DiffrunError, UsageError
+from diffrun.errors import DiffrunError, InputError, UsageError
 from diffrun.jobs import DEFAULT_MAX_IMAGES, Job
 from diffrun.loaders.policy import FetchPolicy
 from diffrun.loaders.redact import display_ref, log_message
@@ -114,7 +114,10 @@ def _expect_plan(job: Job, expect: Path | None, tolerance: float | None, max_dif
     if len(job.seeds) * images_per_seed(job) != 1:
         raise UsageError("--expect compares one output; give one --seed and no --num-images",
                          hint="for several outputs, run `diffrun compare` on the folder")
-    load_pixels(expect)
+    try:
+        load_pixels(expect)
+    except InputError as exc:  # say where the path came from: it is not one of the job's inputs
+        raise InputError(f"--expect {exc.source}", exc.reason, hint=exc.hint, code=exc.code) from None
     return limit
 
 

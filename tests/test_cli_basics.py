@@ -33,7 +33,7 @@ def test_start_imports_nothing_heavy(argv: list[str]) -> None:
 def test_help_imports_no_numpy_server_or_http_stack(argv: list[str]) -> None:
     """Every command module is imported to build the app: what they import at the top is paid by every
     one-liner, a --warm one included (numpy alone was a tenth of a second)."""
-    later = ("numpy", "fastapi", "uvicorn", "starlette", "requests", "urllib3", *HEAVY)
+    later = ("numpy", "fastapi", "uvicorn", "starlette", "requests", "urllib3", "diffrun.pipelines", *HEAVY)
     code = (
         "import sys\nfrom diffrun.cli.app import main\n"
         f"code = main({argv!r})\n"

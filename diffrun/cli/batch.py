@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -35,7 +35,9 @@ from diffrun.errors import Exit, Interrupted, UsageError
 from diffrun.jobs import DEFAULT_MAX_IMAGES, Job
 from diffrun.loaders.policy import FetchPolicy
 from diffrun.outputs.names import template_fields
-from diffrun.pipelines.models import ModelOptions
+
+if TYPE_CHECKING:  # a placeholder's type: the option group builds it (pipelines/ stays unimported)
+    from diffrun.pipelines.models import ModelOptions
 
 BATCH = "Batch"
 RAY = "Engine"

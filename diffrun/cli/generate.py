@@ -7,7 +7,7 @@ import secrets
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,7 +23,9 @@ from diffrun.errors import DiffrunError, InputError, UsageError
 from diffrun.jobs import DEFAULT_MAX_IMAGES, Job
 from diffrun.loaders.policy import FetchPolicy
 from diffrun.loaders.redact import display_ref, log_message
-from diffrun.pipelines.models import ModelOptions
+
+if TYPE_CHECKING:  # a placeholder's type: the option group builds it (pipelines/ stays unimported)
+    from diffrun.pipelines.models import ModelOptions
 
 
 @takes(flags=jo.JOB_OPTIONS, files=jo.OUTPUT_FILES, runtime=mo.RUNTIME_OPTIONS, policy=options.LOADING,
@@ -105,11 +107,11 @@ def generate(
 
 def _expect_plan(job: Job, expect: Path | None, tolerance: float | None, max_diff: int | None):
     """The --expect tolerance; the golden is read now (exit 3 before any model loads), one output only."""
-    from diffrun.jobs import images_per_seed
-    from diffrun.outputs.compare import load_pixels
-
     if expect is None:  # --tolerance alone (or DIFFRUN_TOLERANCE set for compare) does nothing here
         return None
+    from diffrun.jobs import images_per_seed
+    from diffrun.outputs.compare import load_pixels  # numpy: only when there is a golden to read
+
     limit = ch.tolerance_from(tolerance, max_diff)
     if len(job.seeds) * images_per_seed(job) != 1:
         raise UsageError("--expect compares one output; give one --seed and no --num-images",

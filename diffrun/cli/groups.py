@@ -79,6 +79,9 @@ def takes(**groups: OptionGroup) -> Callable[[Callable[..., Any]], Callable[...,
             return command(**values)
 
         wrapper.__signature__ = signature.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
+        # typer also reads typing.get_type_hints(): the merged options' annotations, evaluated, and no
+        # placeholder's (its type may be imported only for type checkers)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
         return wrapper
 
     return decorate

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,8 +14,10 @@ from diffrun.cli.options import FLAG, LOADER
 from diffrun.errors import UsageError
 from diffrun.jobs import DEFAULT_MAX_IMAGES
 from diffrun.loaders.policy import FetchPolicy
-from diffrun.pipelines.models import ModelOptions
 from diffrun.units import parse_duration, parse_size
+
+if TYPE_CHECKING:  # a placeholder's type: the option group builds it (pipelines/ stays unimported)
+    from diffrun.pipelines.models import ModelOptions
 
 SERVER = "Server"
 

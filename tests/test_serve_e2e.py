@@ -219,6 +219,10 @@ def test_client_gone_before_start_is_dropped(served):
         until = time.monotonic() + 30
         while served.get("/health").json()["queued"] < 1 and time.monotonic() < until:
             time.sleep(0.02)
+    until = time.monotonic() + 30  # gone: it leaves the queue at once, not when the worker reaches it
+    while served.get("/health").json()["queued"] and time.monotonic() < until:
+        time.sleep(0.05)
+    assert first.is_alive() and served.get("/health").json()["queued"] == 0
     first.join(120)
     assert results[0][1].status_code == 200
     until = time.monotonic() + 10

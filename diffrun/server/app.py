@@ -198,7 +198,7 @@ async def _answer(request: Request, state: ServerState, parsed: fields.Parsed) -
         while not future.done():
             await asyncio.wait({future}, timeout=0.25)
             if not future.done() and await request.is_disconnected():
-                work.cancelled.set()  # dropped if not started; a batch of only gone clients stops at its next step
+                state.scheduler.cancel(work)  # queued: dropped now; running: see cancel()
                 return Response(status_code=499)
         return JSONResponse(await _body(state, parsed, future.result()))
     except DiffrunError:
@@ -247,4 +247,4 @@ async def _stream(request: Request, state: ServerState, parsed: fields.Parsed, w
         yield json.dumps({"event": "error", "status": status, **error}) + "\n"
     finally:
         if not work.future.done():
-            work.cancelled.set()
+            state.scheduler.cancel(work)

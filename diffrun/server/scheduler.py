@@ -129,6 +129,18 @@ class Scheduler:
             work.inputs.add_done_callback(self._notify)
             self._cond.notify_all()
 
+    def cancel(self, work: Work) -> None:
+        """The client has gone: a queued request leaves the queue now (its inputs may still be loading),
+        a running one stops at its next step when its whole micro-batch is gone."""
+        work.cancelled.set()
+        with self._cond:
+            if work not in self._queue:
+                return
+            self._queue.remove(work)
+            self.dropped += 1
+            self._cond.notify_all()
+        _fail(work, Cancelled())
+
     def _load_inputs(self, work: Work) -> jobrun.JobInputs:
         if work.cancelled.is_set():
             raise Cancelled

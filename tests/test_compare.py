@@ -137,3 +137,11 @@ def test_cli_exit_codes_json_and_heat_map(tmp_path: Path) -> None:
     unreadable = diffrun("compare", str(a), str(tmp_path / "missing.png"))
     assert unreadable.returncode == 3 and b"missing.png" in unreadable.stderr
     assert diffrun("compare", str(a), str(b), "--max-diff", "0").returncode == 1
+
+
+def test_a_pair_of_differently_named_files_is_named_by_both(tmp_path: Path) -> None:
+    fox, lighthouse = _save(tmp_path / "fox.png", _noise(1)), _save(tmp_path / "lighthouse.png", _noise(2))
+    assert compare_files(fox, lighthouse, Tolerance()).name == "fox.png vs lighthouse.png"
+    (tmp_path / "b").mkdir()
+    same = _save(tmp_path / "b" / "fox.png", _noise(1))
+    assert compare_files(fox, same, Tolerance()).name == "fox.png"

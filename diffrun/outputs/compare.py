@@ -130,8 +130,11 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, *, name: 
 
 def compare_files(a: str | Path, b: str | Path, tolerance: Tolerance, *, name: str | None = None,
                   want_heat: bool = False) -> Comparison:
-    """Compare two image files (InputError, exit 3, when one cannot be loaded)."""
-    return compare_arrays(load_pixels(a), load_pixels(b), tolerance, name=name or Path(b).name, path_a=str(a),
+    """Compare two image files (InputError, exit 3, when one cannot be loaded); unnamed, the pair is
+    called by its file name, or `A vs B` when the names differ."""
+    if name is None:
+        name = Path(b).name if Path(a).name == Path(b).name else f"{Path(a).name} vs {Path(b).name}"
+    return compare_arrays(load_pixels(a), load_pixels(b), tolerance, name=name, path_a=str(a),
                           path_b=str(b), want_heat=want_heat)
 
 

@@ -92,3 +92,13 @@ def test_a_server_error_is_never_exit_0_and_a_401_says_how_to_pass_the_key() -> 
         assert error.exit != 0, claimed
     refused = error_from(401, {"error": {"message": "missing or wrong API key", "exit": 2}}, server)
     assert refused.exit == Exit.USAGE and "--api-key" in (refused.hint or "")
+
+
+def test_ps_settings_tell_two_servers_of_one_model_apart() -> None:
+    from diffrun.cli.ps import settings_text
+
+    base = registry.warm_settings(ModelOptions(model="m", device="cpu", dtype="fp32"))
+    assert settings_text(base) == "cpu fp32"
+    other = registry.warm_settings(ModelOptions(model="m", device="cuda", dtype="fp16", offload="model",
+                                                vae_tiling=True, loras=[("style.safetensors", 0.8)]))
+    assert settings_text(other) == "cuda fp16 offload=model vae-tiling lora=style.safetensors"

@@ -108,6 +108,9 @@ def test_warm_and_server_equal_a_cold_run(tiny_sd: Path, env: dict, tcp: str, tm
         assert proc.returncode == 0, err.decode()
     servers = _servers(env)
     assert len(servers) == 1 and servers[0]["status"] == "ready"
+    assert servers[0]["settings"] == "cpu auto threads=1"
+    table = _ok(diffrun("ps", env=env)).stdout.decode()  # the report: on stdout, one row a server
+    assert "SETTINGS" in table.splitlines()[0] and "cpu auto threads=1" in table and str(tiny_sd) in table
     command = Path(f"/proc/{servers[0]['pid']}/cmdline").read_bytes().split(b"\0")
     assert command[1:4] == [b"-m", b"diffrun", b"serve"], command  # what `pgrep -af 'diffrun serve'` finds
     unix = f"unix:{servers[0]['socket']}"

@@ -41,8 +41,26 @@ def _servers() -> list[dict[str, Any]]:
             "idle": _number(body.get("idle_seconds")), "requests": _number(body.get("requests")),
             "rss_bytes": _number(body.get("rss_bytes")) or registry.rss_bytes(record.pid),
             "keep_alive": record.keep_alive, "socket": record.socket, "log": record.log,
+            "settings": settings_text(record.runtime if isinstance(record.runtime, dict) else {}),
         })
     return rows
+
+
+_FLAGS = {"vae_tiling": "vae-tiling", "vae_slicing": "vae-slicing", "attention_slicing": "attention-slicing",
+          "compile": "compile"}
+
+
+def settings_text(runtime: dict[str, Any]) -> str:
+    """What tells two warm servers of one model apart: `cpu fp32`, then whatever is not the default."""
+    words = [str(runtime.get("device") or "auto"), str(runtime.get("dtype") or "auto")]
+    if runtime.get("offload") not in (None, "none"):
+        words.append(f"offload={runtime['offload']}")
+    for key in ("revision", "variant", "scheduler", "threads"):
+        if runtime.get(key) is not None:
+            words.append(f"{key}={runtime[key]}")
+    words += [flag for key, flag in _FLAGS.items() if runtime.get(key)]
+    words += [f"lora={item[0]}" for item in runtime.get("loras") or [] if isinstance(item, list) and item]
+    return " ".join(words)
 
 
 def _number(value: Any) -> float | int | None:
@@ -65,10 +83,11 @@ def ps(json_out: options.Json = False) -> None:
         console.info("no warm servers")
         return
     table = Table(box=None, header_style="bold")
-    for name in ("MODEL", "PID", "STATUS", "UPTIME", "IDLE", "REQUESTS", "MEMORY"):
-        table.add_column(name, no_wrap=name != "MODEL")
+    for name in ("MODEL", "SETTINGS", "PID", "STATUS", "UPTIME", "IDLE", "REQUESTS", "MEMORY"):
+        table.add_column(name, no_wrap=name not in ("MODEL", "SETTINGS"))
     for row in rows:
-        table.add_row(console.clean(row["model"]), str(row["pid"]), row["status"], duration(row["uptime"]),
+        table.add_row(console.clean(row["model"]), console.clean(row["settings"]), str(row["pid"]), row["status"],
+                      duration(row["uptime"]),
                       "-" if row["idle"] is None else duration(row["idle"]),
                       "-" if row["requests"] is None else str(int(row["requests"])),
                       "-" if row["rss_bytes"] is None else format_size(int(row["rss_bytes"])))

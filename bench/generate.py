@@ -166,10 +166,16 @@ def main(argv: list[str] | None = None) -> int:
         ("whole job at most 0.8x `diffusers-cli run`", job_ratio <= 0.8),
     ]
     print()
+    print_goals(goals)
+    return 0
+
+
+def print_goals(goals: list[tuple[str, bool]]) -> bool:
+    """One line per goal, met or not, then the verdict; whether all were met."""
     for text, met in goals:
         print(f"- {text}: {'met' if met else 'NOT met'}")
     print(f"\nall goals met: {all(met for _, met in goals)}")
-    return 0
+    return all(met for _, met in goals)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate import SAMPLE, diffrun_job, diffusers_job, make_models, tool
+from generate import SAMPLE, diffrun_job, diffusers_job, make_models, print_goals, tool
 
 
 def env(runtime_dir: Path) -> dict[str, str]:
@@ -89,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
           f"inference {median(inference):.3f} s")
     goals = [("each warm one-liner after the first at most 0.5 s plus its inference", overhead <= 0.5),
              ("warm at most 0.15x cold", ratio <= 0.15)]
-    for text, met in goals:
-        print(f"- {text}: {'met' if met else 'NOT met'}")
-    print(f"\nall goals met: {all(met for _, met in goals)}")
+    print_goals(goals)
     return 0
 
 

@@ -19,10 +19,9 @@ from typing import Any
 from PIL import Image
 
 from diffrun import outputs
-from diffrun.client.remote import RemoteError, post
+from diffrun.client.remote import bad_answer, post
 from diffrun.client.transport import Server
 from diffrun.engine.jobrun import MASK_ARGUMENTS, plan_job_outputs, recorded_source
-from diffrun.errors import Exit
 from diffrun.jobs import PER_PROMPT, Job, images_per_seed
 from diffrun.loaders import FetchPolicy, load_input
 from diffrun.loaders.sources import classify
@@ -118,13 +117,13 @@ class Item:
 def parse_items(response: dict[str, Any], expected: int, server: Server) -> list[Item]:
     data = response.get("data")
     if not isinstance(data, list) or len(data) != expected:
-        raise _bad(server, f"expected {expected} data item(s)")
+        raise bad_answer(server, f"expected {expected} data item(s)")
     items = []
     for entry in data:
         info = entry.get("diffrun") if isinstance(entry, dict) else None
         recipe = info.get("recipe") if isinstance(info, dict) else None
         if not isinstance(recipe, dict):
-            raise _bad(server, "a data item without diffrun.recipe")
+            raise bad_answer(server, "a data item without diffrun.recipe")
         checks = [c for c in info.get("checks") or [] if isinstance(c, dict)] if isinstance(
             info.get("checks"), list) else []
         if isinstance(entry.get("frames_b64"), list):
@@ -136,19 +135,15 @@ def parse_items(response: dict[str, Any], expected: int, server: Server) -> list
 
 def _png(value: Any, server: Server) -> Image.Image:
     if not isinstance(value, str):
-        raise _bad(server, "no b64_json in a data item")
+        raise bad_answer(server, "no b64_json in a data item")
     try:
         image = Image.open(io.BytesIO(base64.b64decode(value, validate=True)), formats=["PNG"])
         image.load()
     except (binascii.Error, ValueError, OSError, Image.DecompressionBombError) as exc:
-        raise _bad(server, f"an image that does not decode ({type(exc).__name__})") from None
+        raise bad_answer(server, f"an image that does not decode ({type(exc).__name__})") from None
     image.info.clear()  # the server's own metadata: the file gets the client's recipe, nothing else
     return image
 
-
-def _bad(server: Server, why: str) -> RemoteError:
-    return RemoteError(f"server {server.shown}: unexpected answer: {why}", exit=int(Exit.INTERNAL),
-                       code="bad_server_answer")
 
 
 def recipe_for(item: Item, job: Job, prepared: Prepared) -> dict[str, Any]:

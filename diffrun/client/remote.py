@@ -58,12 +58,10 @@ def health(server: Server, timeout: float = HEALTH_TIMEOUT) -> tuple[int, dict[s
     return response.status_code, body if isinstance(body, dict) else {}
 
 
-def wait_ready(server: Server, timeout: float, on_status: Callable[[str], None] | None = None,
-               *, gone: Callable[[], None] | None = None) -> dict[str, Any]:
+def wait_ready(server: Server, timeout: float, on_status: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Poll /health until it answers 200 (the model is loaded); its body.
 
-    ServerUnavailable when it cannot be reached (at once) or is not ready within `timeout` seconds.
-    `gone`, when given, is called between polls and may raise (a spawned server that exited)."""
+    ServerUnavailable when it cannot be reached (at once) or is not ready within `timeout` seconds."""
     until = time.monotonic() + timeout
     while True:
         status, body = health(server, min(HEALTH_TIMEOUT, max(timeout, 1.0)))
@@ -79,8 +77,6 @@ def wait_ready(server: Server, timeout: float, on_status: Callable[[str], None] 
             raise ServerUnavailable(f"server {server.shown}: not ready within {timeout:g} s ({state[:80]})",
                                     hint="raise --server-timeout for a model that takes longer to load",
                                     code="server_not_ready")
-        if gone is not None:
-            gone()
         time.sleep(0.2)
 
 
@@ -135,7 +131,7 @@ def post(server: Server, path: str, body: dict[str, Any], on_event: Progress | N
     if response.status_code != 200:
         raise error_from(response.status_code, payload, server)
     if not isinstance(payload, dict):
-        raise _bad_answer(server, "not a JSON object")
+        raise bad_answer(server, "not a JSON object")
     return payload
 
 
@@ -144,15 +140,15 @@ def _read_stream(response: requests.Response, server: Server, on_event: Progress
         if not line.strip():
             continue
         if len(line) > MAX_LINE:
-            raise _bad_answer(server, "an event line is too long")
+            raise bad_answer(server, "an event line is too long")
         event = _json(line)
         if not isinstance(event, dict):
-            raise _bad_answer(server, "an event is not a JSON object")
+            raise bad_answer(server, "an event is not a JSON object")
         name = event.get("event")
         if name == "done":
             result = event.get("response")
             if not isinstance(result, dict):
-                raise _bad_answer(server, "done without a response object")
+                raise bad_answer(server, "done without a response object")
             return result
         if name == "error":
             status = event.get("status") if isinstance(event.get("status"), int) else 500
@@ -170,6 +166,7 @@ def _json(data: bytes) -> Any:
         return None
 
 
-def _bad_answer(server: Server, why: str) -> RemoteError:
+def bad_answer(server: Server, why: str) -> RemoteError:
+    """A server answer that does not have the shape diffrun's server gives (exit 70)."""
     return RemoteError(f"server {server.shown}: unexpected answer: {why}", exit=int(Exit.INTERNAL),
                        code="bad_server_answer")

@@ -47,7 +47,7 @@ def encode(image: Any, answer: Answer, recipe: dict) -> tuple[bytes, str]:
 
 
 def images_body(parsed: Parsed, result: tuple, item_ids: list[str],
-                store_url: Any = None, checks_of: Any = None) -> dict[str, Any]:
+                store_url: Any = None) -> dict[str, Any]:
     """The body of /v1/images/*: one data item per image; `store_url(id, bytes, type)` for response_format=url."""
     model, inputs, outputs, timings, batch = result
     job, answer = parsed.job, parsed.answer

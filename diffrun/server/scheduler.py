@@ -39,7 +39,6 @@ class Work:
     cancelled: threading.Event = field(default_factory=threading.Event)
     queued_at: float = field(default_factory=time.perf_counter)
     inputs: Future | None = None
-    started: bool = False
     batch_size: int | None = None
     """The client's hint: at most this many requests in the micro-batch this one runs in."""
 
@@ -105,13 +104,6 @@ class Scheduler:
     def queued(self) -> int:
         with self._cond:
             return len(self._queue)
-
-    def position(self, work: Work) -> int:
-        with self._cond:
-            try:
-                return self._queue.index(work)
-            except ValueError:
-                return 0
 
     def submit(self, work: Work) -> None:
         """Queue `work` and start loading its inputs; QueueFullError / UnavailableError when it cannot be."""
@@ -270,7 +262,6 @@ class Scheduler:
         works = [w for w, _, _ in batch]
         requests = [r for _, _, reqs in batch for r in reqs]
         for work in works:
-            work.started = True
             work.emit({"event": "status", "text": "running"})
 
         def on_step(step: int, total: int) -> None:

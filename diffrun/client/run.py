@@ -15,11 +15,11 @@ from diffrun.jobs import Job
 from diffrun.loaders import FetchPolicy
 
 
-def ready_server(remote: RemoteOptions, runtime: Any, *, bar: Any, task_id: Any, say, check) -> tuple[Server, dict]:
-    """The server to send to, ready (model loaded), and its /health body; loading shown on `bar`."""
-    def on_status(text: str) -> None:
+def ready_server(remote: RemoteOptions, runtime: Any, *, on_status, say, check) -> tuple[Server, dict]:
+    """The server to send to, ready (model loaded), and its /health body; loading told to `on_status`."""
+    def status(text: str) -> None:
         check()
-        bar.update(task_id, description=text[:80])
+        on_status(text[:80])
 
     if remote.warm:
         from diffrun.client import warm
@@ -27,9 +27,18 @@ def ready_server(remote: RemoteOptions, runtime: Any, *, bar: Any, task_id: Any,
 
         check_model_ref(runtime.model, runtime.revision)  # as a cold run: a wrong -m is exit 4 before any spawn
         server, record, paths = warm.find_or_start(runtime, keep_alive=remote.keep_alive, say=say)
-        return server, warm.wait_ready(server, record, paths, remote.server_timeout, on_status, check)
+        return server, warm.wait_ready(server, record, paths, remote.server_timeout, status, check)
     server = connect(remote.server or "", remote.api_key)
-    return server, wait_ready(server, remote.server_timeout, on_status)
+    return server, wait_ready(server, remote.server_timeout, status)
+
+
+def check_served(server: Server, body: dict, runtime: Any, asked: bool) -> str:
+    """The model the server serves; UsageError when the user `asked` for another one with -m."""
+    served = str(body.get("model") or "")
+    if asked and runtime is not None and served and served != runtime.model:
+        raise UsageError(f"--server {server.shown} serves {served}, not {runtime.model}",
+                         hint="leave out -m with --server, or point --server at a server for this model")
+    return served
 
 
 def run_generate(job: Job, runtime: Any, policy: FetchPolicy, remote: RemoteOptions, *, model_given: str | None,
@@ -40,13 +49,11 @@ def run_generate(job: Job, runtime: Any, policy: FetchPolicy, remote: RemoteOpti
     check()
     task_id = bar.add_task("connecting", total=None)
     start = time.perf_counter()
-    server, body = ready_server(remote, runtime, bar=bar, task_id=task_id, say=say, check=check)
+    server, body = ready_server(remote, runtime, on_status=lambda text: bar.update(task_id, description=text),
+                                say=say, check=check)
     waited = time.perf_counter() - start
     try:
-        served = str(body.get("model") or "")
-        if model_given and runtime is not None and served and served != runtime.model:
-            raise UsageError(f"--server {server.shown} serves {served}, not {runtime.model}",
-                             hint="leave out -m with --server, or point --server at a server for this model")
+        served = check_served(server, body, runtime, bool(model_given))
         model = served or (runtime.model if runtime is not None else "model")
         summary = run_job(job, server, policy, prepared, model=model, overwrite=overwrite,
                           quality=quality, sidecar=sidecar, bar=bar, task_id=task_id, check=check)
@@ -55,17 +62,6 @@ def run_generate(job: Job, runtime: Any, policy: FetchPolicy, remote: RemoteOpti
         return summary
     finally:
         server.close()
-
-
-class _StatusBar:
-    """ready_server's progress for batch: each description becomes the batch bar's status text."""
-
-    def __init__(self, on_status) -> None:
-        self.on_status = on_status
-
-    def update(self, task_id: Any, description: str | None = None, **_: Any) -> None:
-        if description is not None:
-            self.on_status(description)
 
 
 def run_batch(jobs: list[Job], config: Any, remote: RemoteOptions, runtime: Any, *, concurrency: int | None,
@@ -82,14 +78,11 @@ def run_batch(jobs: list[Job], config: Any, remote: RemoteOptions, runtime: Any,
             raise Interrupted("interrupted before the server was ready", hint="run the same command again")
 
     start = time.perf_counter()
-    server, body = ready_server(remote, runtime, bar=_StatusBar(on_status), task_id=None, say=say, check=check)
+    server, body = ready_server(remote, runtime, on_status=on_status, say=say, check=check)
     waited = time.perf_counter() - start
     on_status("")
     try:
-        served = str(body.get("model") or "")
-        if runtime is not None and remote.server and served and served != runtime.model:
-            raise UsageError(f"--server {server.shown} serves {served}, not {runtime.model}",
-                             hint="leave out -m with --server, or point --server at a server for this model")
+        served = check_served(server, body, runtime, bool(remote.server))
         config = replace(config, model=runtime or ModelOptions(model=served or "model"))
         max_batch = body.get("max_batch")
         default = max_batch if isinstance(max_batch, int) and not isinstance(max_batch, bool) and max_batch > 0 else 1

@@ -216,11 +216,11 @@ def _run(job: Job, runtime, policy, *, save_inputs: Path | None, overwrite: bool
         jobrun.plan_job_outputs(job, runtime.model, guess, overwrite=overwrite)
     with console.make_progress(show) as bar:
         task_id = bar.add_task("loading model", total=None)
-        pipelines.precheck(runtime, jobrun.job_requests(job, inputs)[0])  # before the weights load
+        requests = jobrun.job_requests(job, inputs)
+        pipelines.precheck(runtime, requests[0])  # before the weights load
         model = pipelines.load_model(runtime, on_progress=lambda text: bar.update(task_id, description=text))
         timings["model_load"] = model.load_seconds
         signals.check()
-        requests = jobrun.job_requests(job, inputs)
         task = pipelines.plan_task(model, requests[0])
         kind = "video" if task.endswith("video") else "image"
         targets = jobrun.plan_job_outputs(job, runtime.model, kind, overwrite=overwrite)

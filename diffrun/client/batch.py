@@ -10,11 +10,8 @@ away mid-batch stops the batch (exit 69); what was done is logged, so the same c
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import replace
 from typing import Any
 
 from diffrun.client.job import item_checks, parse_items, post, prepare_inputs, recipe_for, request, write_items
@@ -22,7 +19,7 @@ from diffrun.client.transport import Server
 from diffrun.engine.batch import BatchConfig, BatchRunner
 from diffrun.engine.jobrun import check_failure
 from diffrun.engine.results import OK, now_iso
-from diffrun.errors import DiffrunError, DiskError, OutputExistsError, ServerUnavailable
+from diffrun.errors import DiffrunError, DiskError, ServerUnavailable
 from diffrun.jobs import Job, images_per_seed
 
 
@@ -40,7 +37,6 @@ class RemoteBatchRunner(BatchRunner):
         self.concurrency = max(1, concurrency)
         self.model_ref = model
         self._fatal: BaseException | None = None
-        self._claim_lock = threading.Lock()
 
     def _stopping(self) -> bool:
         return self._fatal is not None or super()._stopping()
@@ -110,7 +106,8 @@ class RemoteBatchRunner(BatchRunner):
             return
         task = str(results[0][0].recipe.get("task") or "")
         try:
-            targets, overwrite = self._targets(job, "video" if task.endswith("video") else "image")
+            targets, overwrite = self._plan_targets(job, "video" if task.endswith("video") else "image",
+                                                    self.model_ref)
             started = time.perf_counter()
             written = write_items(job, prepared, results, targets, quality=config.quality, overwrite=overwrite,
                                   sidecar=config.sidecar, fps=config.fps)
@@ -132,25 +129,6 @@ class RemoteBatchRunner(BatchRunner):
         self._emit({"id": job.id, "status": OK, "outputs": written, "seed": job.seeds[0] if job.seeds else None,
                     "seeds": job.seeds, "inputs": _hashes(recipe_for(results[0][0], job, prepared)), "batch": 1,
                     "timings": {k: round(v, 4) for k, v in timings.items()}, "checks": checks, "time": now_iso()})
-
-    def _targets(self, job: Job, kind: str) -> tuple[list[str], bool]:
-        """The job's output paths, by the local engine's rules (inside -o, own files only, none twice)."""
-        from diffrun.engine import jobrun
-        from diffrun.outputs.formats import default_extension
-
-        plan_job = job
-        if job.output is None:
-            folder = str(self.config.output_dir).replace("{", "{{").replace("}", "}}")
-            plan_job = replace(job, output=os.path.join(folder, "{id}") + default_extension(kind))
-        targets = jobrun.plan_job_outputs(plan_job, self.model_ref, kind, overwrite=True)
-        overwrite = self._check_targets(job, targets)
-        with self._claim_lock:
-            taken = [t for t in targets if t in self._claimed]
-            if taken:
-                raise OutputExistsError(f"{taken[0]} is also the output of an earlier job of this batch",
-                                        hint="give rows distinct outputs, or use {id} in the template")
-            self._claimed.update(targets)
-        return targets, overwrite
 
 
 def _hashes(recipe: dict[str, Any]) -> dict[str, list[str]]:

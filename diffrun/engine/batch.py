@@ -170,6 +170,7 @@ class BatchRunner:
         self.model: LoadedModel | None = None
         self._log = ResultsLog(config.results)
         self._claimed: set[str] = set()
+        self._claim_lock = threading.Lock()  # the remote engine plans targets from several threads
         self._failed_fast = False
         self._lock = threading.Lock()  # summary counts: the writer thread updates them too
         self._emit_lock = threading.Lock()  # one record at a time, so the log and on_result agree
@@ -286,33 +287,42 @@ class BatchRunner:
     def _prepare(self, job: Job, inputs: jobrun.JobInputs) -> _Ready | None:
         """Requests and output targets of a loaded job, checked against the model; None if it failed."""
         from diffrun import pipelines
-        from diffrun.outputs.formats import default_extension
 
         try:  # what the model's class tells before its weights load (an unknown --param) fails this job alone
-            pipelines.precheck(self.config.model, jobrun.job_requests(job, inputs)[0])
+            requests = jobrun.job_requests(job, inputs)
+            pipelines.precheck(self.config.model, requests[0])
         except DiffrunError as exc:
             self._fail(job, exc, inputs, {"fetch": inputs.seconds})
             return None
         model = self._ensure_model()  # a model that cannot load stops the batch (exit 4)
         try:
-            requests = jobrun.job_requests(job, inputs)
             task = pipelines.plan_task(model, requests[0])
             kind = "video" if task.endswith("video") else "image"
-            plan_job = job
-            if job.output is None:
-                folder = str(self.config.output_dir).replace("{", "{{").replace("}", "}}")
-                plan_job = replace(job, output=os.path.join(folder, "{id}") + default_extension(kind))
-            targets = jobrun.plan_job_outputs(plan_job, self.config.model.model, kind, overwrite=True)
-            overwrite = self._check_targets(job, targets)
+            targets, overwrite = self._plan_targets(job, kind, self.config.model.model)
+        except DiffrunError as exc:
+            self._fail(job, exc, inputs, {"fetch": inputs.seconds})
+            return None
+        return _Ready(job, inputs, requests, targets, overwrite)
+
+    def _plan_targets(self, job: Job, kind: str, model_ref: str) -> tuple[list[str], bool]:
+        """The job's output paths (`{id}` + the kind's extension under the output folder when the job names
+        none), refused outside it, over foreign files, or when an earlier job of this batch took them; and
+        whether an existing file (the job's own) is replaced."""
+        from diffrun.outputs.formats import default_extension
+
+        plan_job = job
+        if job.output is None:
+            folder = str(self.config.output_dir).replace("{", "{{").replace("}", "}}")
+            plan_job = replace(job, output=os.path.join(folder, "{id}") + default_extension(kind))
+        targets = jobrun.plan_job_outputs(plan_job, model_ref, kind, overwrite=True)
+        overwrite = self._check_targets(job, targets)
+        with self._claim_lock:
             taken = [t for t in targets if t in self._claimed]
             if taken:
                 raise OutputExistsError(f"{taken[0]} is also the output of an earlier job of this batch",
                                         hint="give rows distinct outputs, or use {id} in the template")
             self._claimed.update(targets)
-        except DiffrunError as exc:
-            self._fail(job, exc, inputs, {"fetch": inputs.seconds})
-            return None
-        return _Ready(job, inputs, requests, targets, overwrite)
+        return targets, overwrite
 
     def _check_targets(self, job: Job, targets: list[str]) -> bool:
         """Refuse targets outside the output folder and files that are not the job's own; True when some

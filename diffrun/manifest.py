@@ -35,7 +35,7 @@ from diffrun.manifest_rows import MAX_DEPTH, decode_manifest, detect_format, rea
 from diffrun.manifest_rows import RowProblem as _Bad
 from diffrun.manifest_rows import json_value as _json
 from diffrun.manifest_rows import type_name as _type
-from diffrun.outputs.names import fill_placeholders, path_inside, template_fields
+from diffrun.outputs.names import fill_placeholders, path_inside
 
 __all__ = ["FIELDS", "MAX_DEPTH", "Manifest", "content_id", "decode_manifest", "detect_format", "load_manifest",
            "parse_manifest", "read_rows", "resolve_ref", "row_job"]
@@ -146,9 +146,8 @@ def _resolve_output(output: str, out_dir: Path, allow_outside: bool) -> str:
     if any(ord(c) < 32 or c == "\x7f" for c in output):
         raise _Bad("output must not contain control characters (NUL, newline, ...)")
     try:
-        template_fields(output)  # a bad template is the row's problem
         path = os.path.expanduser(output)
-        filled = os.path.expanduser(fill_placeholders(output))
+        filled = os.path.expanduser(fill_placeholders(output))  # checks the template: a bad one is the row's problem
         if not os.path.isabs(path):
             # out_dir is a plain folder: braces in its name (a{b}) stay literal in the row's template
             folder = str(out_dir).replace("{", "{{").replace("}", "}}")

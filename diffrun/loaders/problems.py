@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from diffrun.errors import InputError
 
@@ -124,6 +124,8 @@ def _known(e: BaseException, fmt: str, display: str, lines: list[str] | tuple[st
             if kind == "header type":
                 return variant(display, "BMP", f"a {number}-byte info header")
             return variant(display, "BMP", "this bitfields colour layout")
+    if fmt == "PNG" and "MAX_TEXT" in text:
+        from PIL import PngImagePlugin  # only for these two messages: not at every command's start
     if fmt == "PNG" and "MAX_TEXT_CHUNK" in text:
         return variant(display, "PNG", f"a text chunk larger than {_mib(PngImagePlugin.MAX_TEXT_CHUNK)}",
                        hint=_TEXT_HINT)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from diffrun.errors import InputError
+from diffrun.loaders.policy import BYTES_HINT
 
 _WHITESPACE = re.compile(rb"[ \t\n\r\f\v]+")
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
@@ -60,7 +61,7 @@ def parse_data_uri(uri: str, *, max_bytes: int | None = None, display: str | Non
     if max_bytes is not None and len(body) > 3 * max_bytes:
         # each decoded byte takes at least 1 and at most 3 characters
         raise InputError(shown, f"too large: a body of {len(body)} characters > {max_bytes} bytes",
-                         hint="raise --max-input-bytes if the input is trusted",
+                         hint=BYTES_HINT,
                          code="too_large")
     try:
         data = unquote_to_bytes(body)
@@ -95,4 +96,4 @@ def _decode_base64(body: str, max_bytes: int | None, shown: str) -> bytes:
 def _check_size(n: int, max_bytes: int | None, shown: str) -> None:
     if max_bytes is not None and n > max_bytes:
         raise InputError(shown, f"too large: {n} bytes > {max_bytes} bytes",
-                         hint="raise --max-input-bytes if the input is trusted", code="too_large")
+                         hint=BYTES_HINT, code="too_large")

@@ -26,13 +26,11 @@ from diffrun.errors import InputError, OutOfMemoryError
 from diffrun.loaders import cstderr, problems
 from diffrun.loaders.budget import BUDGET, estimate
 from diffrun.loaders.convert import OUTPUT_MODES, normalise, normalised
-from diffrun.loaders.policy import FetchPolicy
+from diffrun.loaders.policy import BYTES_HINT, FetchPolicy
 from diffrun.loaders.sniff import ALLOWED_FORMATS, PIL_ERRORS, WARNINGS_LOCK, sniff_format
 
 __all__ = ["ALLOWED_FORMATS", "OUTPUT_MODES", "PIL_ERRORS", "DecodedImage", "decode_image", "normalise",
            "sniff_format"]
-
-BYTES_HINT = "raise --max-input-bytes if the input is trusted"
 
 
 @dataclass

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 DEFAULT_MAX_BYTES = 50_000_000
 DEFAULT_MAX_PIXELS = 89_478_485  # the same number as Pillow's own decompression-bomb threshold
 DEFAULT_DECODE_BUDGET = 1 << 30  # 1 GiB
+BYTES_HINT = "raise --max-input-bytes if the input is trusted"
+"""The hint of every input over --max-input-bytes, whichever way its bytes came."""
 
 
 @dataclass(frozen=True)

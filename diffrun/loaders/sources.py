@@ -22,7 +22,7 @@ from PIL import Image
 
 from diffrun.errors import InputError
 from diffrun.loaders.datauri import parse_data_uri
-from diffrun.loaders.policy import FetchPolicy
+from diffrun.loaders.policy import BYTES_HINT, FetchPolicy
 from diffrun.loaders.redact import display_ref
 from diffrun.loaders.special import read_special
 
@@ -204,5 +204,5 @@ def _check_size(n: int, policy: FetchPolicy, display: str) -> None:
     if n > policy.max_bytes:
         limit = policy.max_bytes
         reason = f"more than {limit} bytes" if n == limit + 1 else f"{n} bytes > {limit} bytes"
-        raise InputError(display, f"too large: {reason}", hint="raise --max-input-bytes if the input is trusted",
+        raise InputError(display, f"too large: {reason}", hint=BYTES_HINT,
                          code="too_large")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from diffrun.errors import InputError
-from diffrun.loaders.policy import FetchPolicy
+from diffrun.loaders.policy import BYTES_HINT, FetchPolicy
 
 SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
 _CHUNK = 1 << 20
@@ -106,5 +106,5 @@ def _read_stream(path: Path, policy: FetchPolicy, display: str, kind: str) -> by
         os.close(fd)
     if total > policy.max_bytes:
         raise InputError(display, f"too large: more than {policy.max_bytes} bytes", code="too_large",
-                         hint="raise --max-input-bytes if the input is trusted")
+                         hint=BYTES_HINT)
     return b"".join(chunks)

@@ -18,7 +18,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from diffrun.errors import DiffrunError, DiskError, OutputExistsError, StdoutClosed, UsageError, disk_error
+from diffrun.errors import DiffrunError, OutputExistsError, StdoutClosed, UsageError, disk_error
 
 OVERWRITE_HINT = "pass --overwrite to replace it"
 
@@ -202,8 +202,8 @@ def check_writable(folder: str | Path, what: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        error = write_error(path, e)
-        if isinstance(error, DiskError) and error.code == "disk_full":
+        error = disk_error(path, e)
+        if error is not None and error.code == "disk_full":
             raise error from None
         raise UsageError(f"{what} {path} is not writable: {e.strerror or e}", code="not_writable") from None
 

@@ -125,7 +125,8 @@ def compare_arrays(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, *, name: 
         status = "within" if psnr is not None and psnr >= tolerance.min_psnr else "differ"
     mean = float(diff.mean()) if diff.size else 0.0
     return Comparison(name, path_a, path_b, status, max_diff=max_diff, mean_diff=mean, psnr=psnr,
-                      ssim=ssim(a, b), heat=heat_map(a, diff) if want_heat else None)
+                      ssim=1.0 if max_diff == 0 else ssim(a, b),  # for equal arrays every window's index is exactly 1
+                      heat=heat_map(a, diff) if want_heat else None)
 
 
 def compare_files(a: str | Path, b: str | Path, tolerance: Tolerance, *, name: str | None = None,

@@ -111,10 +111,6 @@ def convert_videos(frames: Any) -> tuple[list[list[Any]], list[list[dict[str, An
     return videos, checks
 
 
-def failed(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [c for c in checks if not c.get("ok", True)]
-
-
 def describe(check: dict[str, Any]) -> str:
     """'blank (image 0): all black: ...' for warnings and error messages."""
     where = f"image {check.get('index', 0)}" if "frame" not in check else \

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from diffrun.cli.groups import OptionGroup
-from diffrun.cli.options import FLAG
+from diffrun.cli.options import FLAG, MAX_SECONDS
 from diffrun.client import RemoteOptions
 from diffrun.errors import UsageError
 from diffrun.units import parse_duration
@@ -39,10 +39,10 @@ def remote_options(*, server: ServerUrl = None, api_key: ApiKey = None, server_t
     if server and warm:
         raise UsageError("--server and --warm both choose the server; give one")
     timeout = parse_duration(server_timeout)
-    if not 0 < timeout <= 10**7:
+    if not 0 < timeout <= MAX_SECONDS:
         raise UsageError(f"--server-timeout must be positive seconds: {server_timeout!r}")
     alive = parse_duration(keep_alive)
-    if not 0 <= alive <= 10**7:
+    if not 0 <= alive <= MAX_SECONDS:
         raise UsageError(f"--keep-alive must be 0 or positive seconds: {keep_alive!r}")
     return RemoteOptions(server=server, api_key=api_key or None, server_timeout=timeout, warm=warm, keep_alive=alive)
 

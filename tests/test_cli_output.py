@@ -119,7 +119,7 @@ def test_batch_progress_env_then_rerun_names_the_earlier_failure(tiny_sd: Path, 
 
 
 def test_summary_names_jobs_that_failed_earlier() -> None:
-    summary = Summary(total=12, skipped=12, skipped_failed=12, failed_earlier=[f"j{i}" for i in range(12)])
+    summary = Summary(total=12, skipped=12, failed_earlier=[f"j{i}" for i in range(12)])
     out = io.StringIO()
     Console(file=out, width=200).print(summary_table(summary))
     assert "failed in an earlier run" in out.getvalue() and "12" in out.getvalue()

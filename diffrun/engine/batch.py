@@ -79,10 +79,9 @@ class Summary:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
-    skipped_failed: int = 0
-    """Skipped because an earlier run recorded them failed (they still make the exit code 1)."""
     failed_earlier: list[str] = field(default_factory=list)
-    """The ids of those jobs, in manifest order (the summary names them)."""
+    """Jobs skipped because an earlier run recorded them failed (they still make the exit code 1), in
+    manifest order (the summary names them)."""
     not_run: int = 0
     changed: int = 0
     """Jobs run again because their settings changed since their last results line."""
@@ -91,6 +90,10 @@ class Summary:
     model_loaded: bool = False
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("fetching", "waiting", "model_load", "inference", "writing", "total"), 0.0))
+
+    @property
+    def skipped_failed(self) -> int:
+        return len(self.failed_earlier)
 
     @property
     def all_ok(self) -> bool:
@@ -230,7 +233,6 @@ class BatchRunner:
         for job, previous in skip:
             self.summary.skipped += 1
             if previous["status"] == FAILED:
-                self.summary.skipped_failed += 1
                 self.summary.failed_earlier.append(job.id)
             self._emit(_record(job, SKIPPED, previous=previous["status"], outputs=previous.get("outputs", []),
                                inputs=previous.get("inputs", {}), seed=previous.get("seed"),

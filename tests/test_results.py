@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from diffrun.engine.batch import plan_resume
 from diffrun.engine.results import ResultsLog, is_done, read_records, settled
+from diffrun.engine.resume import resume_plan
 from diffrun.jobs import Job
 
 
@@ -67,12 +67,11 @@ def test_plan_resume(tmp_path: Path) -> None:
     jobs = [Job(id=i) for i in "abcde"]
 
     def ids(plan):
-        run, skip = plan
-        return [j.id for j in run], [j.id for j, _ in skip]
+        return [j.id for j in plan.run], [j.id for j, _ in plan.skip]
 
-    assert ids(plan_resume(jobs, log, retry_failed=False, force=False)) == (["c", "d", "e"], ["a", "b"])
-    assert ids(plan_resume(jobs, log, retry_failed=True, force=False)) == (["b", "c", "d", "e"], ["a"])
-    assert ids(plan_resume(jobs, log, retry_failed=False, force=True)) == (list("abcde"), [])
+    assert ids(resume_plan(jobs, log, retry_failed=False, force=False)) == (["c", "d", "e"], ["a", "b"])
+    assert ids(resume_plan(jobs, log, retry_failed=True, force=False)) == (["b", "c", "d", "e"], ["a"])
+    assert ids(resume_plan(jobs, log, retry_failed=False, force=True)) == (list("abcde"), [])
 
 
 # -- the local runner with a fake pipeline (fast, in process) -------------------------------------

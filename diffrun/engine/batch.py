@@ -140,13 +140,6 @@ def _record(job: Job, status: str, **extra: Any) -> dict[str, Any]:
             "seeds": job.seeds, **extra, "time": now_iso()}
 
 
-def plan_resume(jobs: list[Job], results: Path, *, retry_failed: bool, force: bool,
-                prints: dict[str, str] | None = None) -> tuple[list[Job], list[tuple[Job, dict[str, Any]]]]:
-    """(jobs to run, (job, earlier record) pairs to skip) from what the results log says (engine/resume.py)."""
-    plan = resume_plan(jobs, results, retry_failed=retry_failed, force=force, prints=prints)
-    return plan.run, plan.skip
-
-
 def config_settings(config: BatchConfig) -> dict[str, Any]:
     """The run-wide part of the jobs' fingerprints."""
     return run_settings(config.model, output_dir=config.output_dir, quality=config.quality, fps=config.fps)

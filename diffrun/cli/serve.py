@@ -76,6 +76,7 @@ def serve(
 ) -> None:
     """Serve the model over HTTP (OpenAI's images and videos API): loaded once, one GPU, many clients."""
     from diffrun.server.runner import ServeOptions
+    from diffrun.server.runner import serve as run_server
 
     runtime = mo.require_model(runtime)
     settings = ServeOptions(
@@ -85,8 +86,6 @@ def serve(
         keep_results=parse_size(keep_results), save_inputs=save_inputs, max_images=max_images,
         debug=console.State.debug,
     )
-    from diffrun.server.runner import serve as run_server
-
     code = run_server(runtime, policy, settings)
     if code:
         raise typer.Exit(code)

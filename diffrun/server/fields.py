@@ -228,11 +228,7 @@ def parse_fields(data: dict[str, Any], *, model_ref: str, policy: FetchPolicy,
                 setattr(job, {"num_frames": "frames"}.get(key, key), _int(f"params.{key}", params.pop(key), 1))
         job.params = params
     _answer(data, answer)
-    if data.get("image") is not None or data.get("images") is not None:
-        for key in ("image", "images"):
-            if data.get(key) is not None:
-                job.image += _refs(key, data[key])
-    for key in ("url", "image[]", "input_reference"):
+    for key in ("image", "images", "url", "image[]", "input_reference"):
         if data.get(key) is not None:
             job.image += _refs(key, data[key])
     if data.get("mask") is not None:
